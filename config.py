@@ -1,0 +1,135 @@
+"""Every training setting in one place, with the paper's defaults (Isola et al. 2017, arXiv 1611.07004).
+
+    python train.py --help
+
+Each field is a `--kebab-case` flag of train.py; unknown flags are errors. The resolved config is
+printed at start and saved as RUN_DIR/config.json.
+"""
+import argparse
+import dataclasses
+import json
+from dataclasses import dataclass, field
+
+
+def opt(default, help, **kw):
+    """A config field whose help text doubles as its comment."""
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class Config:
+    # data
+    data_root: str = opt("data/maps", "folder with train/ and val/ (AB images or A/ + B/); "
+                         "data/<name> of a known dataset is downloaded when missing")
+    direction: str = opt("AtoB", "AtoB: left/A (satellite) -> right/B (map); BtoA flips it",
+                         choices=["AtoB", "BtoA"])
+    load_size: int = opt(286, "jitter: resize both halves to this size ...")
+    crop_size: int = opt(256, "... then take a random crop of this size (and a random flip)")
+    flip: bool = opt(True, "random horizontal flip (--no-flip turns it off)")
+    data_cache: str = opt("memory", "memory: decode and resize every pair once and jitter uint8 "
+                          "tensors on the training device; disk: the same, cached next to the data; "
+                          "off: decode with PIL every step", choices=["memory", "disk", "off"])
+    workers: int = opt(2, "DataLoader worker processes for --data-cache off")
+    skip_bad: bool = opt(False, "skip unreadable or malformed images instead of refusing to start")
+    # model
+    ngf: int = opt(64, "generator width (filters in its first layer)")
+    ndf: int = opt(64, "discriminator width (filters in its first layer)")
+    norm: str = opt("batch", "normalisation layer", choices=["batch", "instance"])
+    dropout: float = opt(0.5, "dropout in the 3 innermost skip decoder blocks")
+    sync_bn: bool = opt(False, "SyncBatchNorm across processes under torchrun")
+    # optimisation
+    batch_size: int = opt(1, "images per optimizer step and process")
+    lr: float = opt(2e-4, "Adam learning rate")
+    beta1: float = opt(0.5, "Adam beta1")
+    beta2: float = opt(0.999, "Adam beta2")
+    lambda_l1: float = opt(100.0, "weight of the L1 term in the generator loss")
+    gan_mode: str = opt("vanilla", "vanilla: BCE with logits; lsgan: least squares",
+                        choices=["vanilla", "lsgan"])
+    epochs: int = opt(100, "epochs at the initial learning rate")
+    epochs_decay: int = opt(100, "further epochs with the learning rate decaying linearly to 0")
+    max_steps: int = opt(0, "stop after this many optimizer steps in total (0: no limit)")
+    seed: int = opt(0, "seed of weights, data order, jitter and dropout")
+    # speed
+    device: str = opt("auto", "auto: cuda, then mps, then cpu", choices=["auto", "cpu", "cuda", "mps"])
+    amp: str = opt("auto", "mixed precision; auto: bf16 where the device runs it fast, else off",
+                   choices=["auto", "bf16", "fp16", "off"])
+    channels_last: str = opt("auto", "NHWC memory format; auto: on", choices=["auto", "on", "off"])
+    compile: str = opt("off", "torch.compile the networks; reduce-overhead adds CUDA graphs",
+                       choices=["off", "default", "reduce-overhead", "max-autotune"])
+    # bookkeeping
+    name: str = opt("maps", "run name; the run folder defaults to weights/<name>")
+    run_dir: str = opt("", "run folder for checkpoints, samples and logs (default weights/<name>)")
+    resume: str = opt("auto", "auto: continue from RUN_DIR/last.pt if it exists; never; or a path")
+    save_every: int = opt(1000, "save RUN_DIR/last.pt every N steps (and at the end, and on SIGINT)")
+    sample_every: int = opt(1000, "save a grid of validation samples every N steps")
+    log_every: int = opt(100, "append losses to RUN_DIR/metrics.jsonl every N steps")
+    num_samples: int = opt(8, "validation pairs in the sample grid")
+
+    def __post_init__(self):
+        self.run_dir = self.run_dir or f"weights/{self.name}"
+        checks = {
+            "--load-size": self.load_size >= self.crop_size,
+            "--crop-size": self.crop_size >= 256 and self.crop_size % 256 == 0,
+            "--batch-size": self.batch_size >= 1,
+            "--epochs": self.epochs >= 0 and self.epochs_decay >= 0 and self.epochs + self.epochs_decay > 0,
+            "--max-steps": self.max_steps >= 0,
+            "--save-every": min(self.save_every, self.sample_every, self.log_every) >= 1,
+            "--dropout": 0.0 <= self.dropout < 1.0,
+            "--ngf": self.ngf >= 1 and self.ndf >= 1,
+        }
+        expected = {
+            "--load-size": f"at least --crop-size ({self.crop_size})",
+            "--crop-size": "a multiple of 256 (the U-Net halves the size 8 times)",
+            "--batch-size": "at least 1",
+            "--epochs": "--epochs and --epochs-decay >= 0, not both 0",
+            "--max-steps": "0 (no limit) or a positive step count",
+            "--save-every": "--save-every, --sample-every and --log-every all >= 1",
+            "--dropout": "a probability in [0, 1)",
+            "--ngf": "--ngf and --ndf >= 1",
+        }
+        bad = [f"{flag}: expected {expected[flag]}" for flag, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError("; ".join(bad))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+
+# Settings that fix the shape of the networks: a checkpoint only continues under the same values.
+ARCH_FIELDS = ("ngf", "ndf", "norm", "dropout")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports a bad command line in one line instead of a usage dump."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def build_parser(cls=Config, description=None) -> Parser:
+    """One `--kebab-case` flag per dataclass field, with its help text and default."""
+    parser = Parser(description=description, allow_abbrev=False,
+                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for f in dataclasses.fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in (bool, "bool"):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default,
+                                help=f.metadata["help"])
+        else:
+            kind = {"int": int, "float": float, "str": str}.get(f.type, f.type)
+            parser.add_argument(flag, type=kind, default=f.default, help=f.metadata["help"],
+                                choices=f.metadata.get("choices"))
+    return parser
+
+
+def parse_config(argv=None) -> Config:
+    """Parse flags into a Config; unknown flags and bad values exit with a one-line error."""
+    parser = build_parser(description="Train pix2pix (satellite -> map).")
+    args = parser.parse_args(argv)  # argparse already rejects unknown flags, naming them
+    try:
+        return Config(**vars(args))
+    except ValueError as e:
+        parser.error(str(e))

@@ -1,0 +1,455 @@
+"""Paired images for pix2pix: listing, checking, decoding, jitter, download and the data CLI.
+
+    python dataset.py download maps --root data      # fetch, verify and unpack data/maps
+    python dataset.py check data/maps                # report every bad file of every split
+    python dataset.py combine A_DIR B_DIR OUT_DIR    # write side-by-side AB images
+
+Two layouts: `ROOT/<split>/*.jpg` holding A|B side by side (A left), or `ROOT/<split>/A` and
+`ROOT/<split>/B` with matching file stems. Both halves go through one decode function: convert to
+RGB, resize each half to a square (bicubic, as in the official code), keep as uint8. Jitter (random
+crop and flip, same for both halves) is applied to those uint8 tensors, so the cached path and the
+PIL path produce the same pixels for the same jitter parameters.
+"""
+import argparse
+import hashlib
+import http.client
+import os
+import shutil
+import sys
+import tarfile
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
+
+IMG_EXTS = (".jpg", ".jpeg", ".png")
+MIN_HALF = 16  # px; smaller halves cannot be a real training pair
+MODES = ("RGB", "L", "LA", "P", "PA", "RGBA", "RGBX", "CMYK", "YCbCr", "I;16", "I;16L", "I;16B", "I")
+BASE_URL = "http://efrosgans.eecs.berkeley.edu/pix2pix/datasets/"
+DATASETS = ("maps", "facades", "cityscapes", "edges2shoes", "edges2handbags", "night2day")
+# split -> (number of images, (width, height)) of the official archives we can vouch for
+LAYOUTS = {"maps": {"train": (1096, (1200, 600)), "val": (1098, (1200, 600))}}
+
+
+class DataError(ValueError):
+    """Bad data on disk; the message names the files and what was expected."""
+
+
+class Pair(NamedTuple):
+    name: str
+    a: Path  # the AB image, or the A image in the A/B layout
+    b: Path | None  # None in the AB layout
+
+
+# ----------------------------------------------------------------------------------------------------
+# Listing and checking
+
+
+def images_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMG_EXTS and p.is_file())
+
+
+def list_pairs(root, split) -> tuple[list[Pair], list[tuple[Path, str]]]:
+    """The pairs of ROOT/split in either layout, and the problems found listing them."""
+    root, folder = Path(root), Path(root) / split
+    if not root.is_dir():
+        raise DataError(f"{root}: data root not found (expected a folder with train/ and val/; "
+                        f"`python dataset.py download maps --root {root.parent}` fetches the maps set)")
+    if not folder.is_dir():
+        raise DataError(f"{folder}: split folder not found (expected {root}/{split}/ with AB images "
+                        f"or A/ and B/ subfolders)")
+    if (folder / "A").is_dir() and (folder / "B").is_dir():
+        a = {p.stem: p for p in images_in(folder / "A")}
+        b = {p.stem: p for p in images_in(folder / "B")}
+        pairs = [Pair(s, a[s], b[s]) for s in sorted(a.keys() & b.keys())]
+        problems = [(a[s], f"no matching image in {folder / 'B'}") for s in sorted(a.keys() - b.keys())]
+        problems += [(b[s], f"no matching image in {folder / 'A'}") for s in sorted(b.keys() - a.keys())]
+    else:
+        pairs, problems = [Pair(p.stem, p, None) for p in images_in(folder)], []
+    if not pairs and not problems:
+        raise DataError(f"{folder}: no images (expected {', '.join(IMG_EXTS)} files, A|B side by side, "
+                        f"or A/ and B/ subfolders)")
+    return pairs, problems
+
+
+def inspect_image(path: Path, halves: bool, full: bool) -> str | None:
+    """What is wrong with one image file, or None. Headers only unless full (which decodes)."""
+    if path.stat().st_size == 0:
+        return "zero-byte file"
+    try:
+        with Image.open(path) as img:
+            if img.mode not in MODES:
+                return f"unexpected mode {img.mode} (expected one of {', '.join(MODES)})"
+            w, h = img.size
+            if full:
+                img.load()
+    except UnidentifiedImageError:
+        return "not an image PIL can read"
+    except (OSError, SyntaxError, ValueError) as e:
+        return f"truncated or corrupt image ({str(e).splitlines()[0][:120]})"
+    if halves and w % 2:
+        return f"odd width {w} (an AB image is two halves of equal width)"
+    if min(w // 2 if halves else w, h) < MIN_HALF:
+        return f"too small: {w}x{h} ({'each half' if halves else 'the image'} must be at least {MIN_HALF} px)"
+    return None
+
+
+def scan(pairs: list[Pair], full: bool) -> list[tuple[Path, str]]:
+    """Every problem of every file of the pairs (threads: PIL decodes without the GIL)."""
+    files = [(p.a, p.b is None) for p in pairs] + [(p.b, False) for p in pairs if p.b is not None]
+    with ThreadPoolExecutor(os.cpu_count()) as pool:
+        found = pool.map(lambda f: inspect_image(f[0], f[1], full), files)
+        return [(f[0], why) for f, why in zip(files, found) if why]
+
+
+def drop_bad(pairs, problems, skip_bad: bool, where) -> list[Pair]:
+    """Refuse bad data with a per-file report, or (skip_bad) leave those pairs out and say so."""
+    if not problems:
+        return pairs
+    bad = {path for path, _ in problems}
+    good = [p for p in pairs if p.a not in bad and p.b not in bad]
+    report = "\n".join(f"  {path}: {why}" for path, why in problems)
+    if skip_bad:
+        print(f"warning: skipping {len(pairs) - len(good)} bad pair(s) in {where}:\n{report}", file=sys.stderr)
+        if not good:
+            raise DataError(f"{where}: every pair is bad; nothing left to train on")
+        return good
+    raise DataError(f"{len(problems)} bad file(s) in {where}:\n{report}\n"
+                    f"Fix or remove them, or pass --skip-bad to use the {len(good)} good pair(s).")
+
+
+def open_split(root, split, skip_bad=False, full=False) -> list[Pair]:
+    """List and check one split; a bad file stops us here unless skip_bad."""
+    pairs, problems = list_pairs(root, split)
+    return drop_bad(pairs, problems + scan(pairs, full), skip_bad, Path(root) / split)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Decoding and jitter
+
+
+def load_rgb(path: Path) -> Image.Image:
+    """Any supported mode -> RGB; 16-bit greyscale is scaled to 8 bits, not clipped."""
+    img = Image.open(path)
+    if img.mode.startswith("I"):
+        arr = np.asarray(img).astype(np.float64)
+        img = Image.fromarray((arr * (255 / 65535 if arr.max() > 255 else 1)).round().clip(0, 255).astype(np.uint8))
+    return img.convert("RGB")
+
+
+def decode_pair(pair: Pair, size: int) -> torch.Tensor:
+    """One pair as uint8 (6, size, size): A then B, each resized (bicubic) to size x size."""
+    try:
+        img = load_rgb(pair.a)
+        if pair.b is None:
+            w, h = img.size
+            halves = [img.crop((0, 0, w // 2, h)), img.crop((w // 2, 0, w // 2 * 2, h))]
+        else:
+            halves = [img, load_rgb(pair.b)]
+        arrays = [np.asarray(x.resize((size, size), Image.BICUBIC)) for x in halves]
+    except (OSError, SyntaxError, ValueError) as e:
+        raise DataError(f"{pair.a}: cannot decode ({str(e).splitlines()[0][:120]})") from None
+    return torch.from_numpy(np.concatenate(arrays, axis=2)).permute(2, 0, 1).contiguous()
+
+
+def crop_flip(pixels: torch.Tensor, y: int, x: int, flip: bool, crop: int) -> torch.Tensor:
+    """The paper's jitter on uint8 (..., 6, S, S): a crop x crop window at (y, x), mirrored if flip."""
+    out = pixels[..., y:y + crop, x:x + crop]
+    return out.flip(-1) if flip else out
+
+
+def jitter_plan(n: int, seed: int, epoch: int, load: int, crop: int, flip: bool) -> torch.Tensor:
+    """Data order and jitter of one epoch as rows (index, y, x, flip): a pure function of
+    (seed, epoch), so a resumed run needs only the step count to continue the same stream."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    order = torch.randperm(n, generator=g)
+    offsets = torch.randint(0, load - crop + 1, (n, 2), generator=g)
+    flips = (torch.rand(n, generator=g) < 0.5) & flip
+    return torch.cat([order[:, None], offsets, flips[:, None].long()], 1)
+
+
+class PILPairs(torch.utils.data.Dataset):
+    """The PIL path: decode and resize on every access (in DataLoader workers).
+    Keys are (index, y, x, flip) rows of a jitter plan; plain indices give unjittered pairs."""
+
+    def __init__(self, pairs, size, crop=None):
+        self.pairs, self.size, self.crop = pairs, size, crop or size
+
+    def __len__(self):
+        return len(self.pairs)
+
+    def __getitem__(self, key):
+        if isinstance(key, int):
+            return decode_pair(self.pairs[key], self.size)
+        i, y, x, flip = (int(v) for v in key)
+        return crop_flip(decode_pair(self.pairs[i], self.size), y, x, bool(flip), self.crop)
+
+
+class CachedPairs:
+    """The fast path: every pair decoded once into one uint8 tensor (N, 6, S, S), optionally cached
+    on disk next to the data and invalidated when any file's name, size or mtime changes."""
+
+    def __init__(self, pairs, size, cache_dir=None, skip_bad=False, desc="decode"):
+        key = hashlib.sha256("\n".join(
+            f"{p.name}|{f.name}|{f.stat().st_size}|{f.stat().st_mtime_ns}"
+            for p in pairs for f in (p.a, p.b) if f is not None).encode()).hexdigest()
+        cache = Path(cache_dir) / f"pairs-{size}-{key[:16]}.pt" if cache_dir else None
+        if cache is not None and cache.is_file():
+            saved = torch.load(cache, map_location="cpu", weights_only=True)
+            if saved.get("key") == key:
+                self.pairs, self.pixels = pairs, saved["pixels"]
+                return
+        decoded, problems = [None] * len(pairs), []
+
+        def work(i):
+            try:
+                decoded[i] = decode_pair(pairs[i], size)
+            except DataError as e:
+                problems.append((pairs[i].a, str(e).split(": ", 1)[1]))
+
+        with ThreadPoolExecutor(os.cpu_count()) as pool:
+            list(tqdm(pool.map(work, range(len(pairs))), total=len(pairs), desc=desc, leave=False))
+        keep = [i for i in range(len(pairs)) if decoded[i] is not None]
+        self.pairs = drop_bad(pairs, problems, skip_bad, pairs[0].a.parent if pairs else "data")
+        self.pixels = torch.stack([decoded[i] for i in keep])
+        if cache is not None and not problems:
+            from utils import atomic_save  # utils imports nothing from here; kept local to stay light
+            for old in Path(cache_dir).glob(f"pairs-{size}-*.pt"):
+                old.unlink()
+            atomic_save({"key": key, "pixels": self.pixels}, cache)
+
+    def __len__(self):
+        return len(self.pixels)
+
+    def to(self, device):
+        self.pixels = self.pixels.to(device)
+        return self
+
+    def batch(self, rows: torch.Tensor, crop: int) -> torch.Tensor:
+        """uint8 (B, 6, crop, crop) for plan rows (index, y, x, flip), on the pixels' device."""
+        return torch.stack([crop_flip(self.pixels[i], y, x, bool(f), crop) for i, y, x, f in rows.tolist()])
+
+
+# ----------------------------------------------------------------------------------------------------
+# Download, verification and safe extraction
+
+
+def fetch(url: str, dest: Path, timeout=30.0, retries=5, backoff=1.0) -> Path:
+    """Download url to dest with a progress bar, resuming a partial DEST.part with HTTP Range
+    (starting over where the server ignores it) and retrying transient failures with backoff."""
+    part = dest.with_name(dest.name + ".part")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    for attempt in range(retries + 1):
+        have = part.stat().st_size if part.exists() else 0
+        request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as r:
+                if have and getattr(r, "status", 200) != 206:
+                    have = 0  # the server sent the whole file: start the part file over
+                length = r.headers.get("Content-Length")
+                total = have + int(length) if length else None
+                with open(part, "ab" if have else "wb") as f, tqdm(
+                        total=total, initial=have, unit="B", unit_scale=True, desc=dest.name, leave=False) as bar:
+                    while chunk := r.read(1 << 20):
+                        f.write(chunk)
+                        bar.update(len(chunk))
+                    f.flush()
+                    os.fsync(f.fileno())
+            if total is not None and part.stat().st_size != total:
+                raise ConnectionError(f"got {part.stat().st_size} of {total} bytes")
+            os.replace(part, dest)
+            return dest
+        except urllib.error.HTTPError as e:
+            if e.code == 416:  # our part file is no prefix of theirs (changed upstream): start over
+                part.unlink(missing_ok=True)
+            elif e.code not in (408, 429) and e.code < 500:
+                raise DataError(f"{url}: HTTP {e.code} {e.reason}") from None
+            reason = f"HTTP {e.code} {e.reason}"
+        except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError, OSError) as e:
+            reason = str(getattr(e, "reason", e)) or type(e).__name__
+        if attempt < retries:
+            time.sleep(backoff * 2 ** attempt)
+    raise DataError(f"{url}: download failed after {retries + 1} tries ({reason})")
+
+
+def sha256sum(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def unsafe_members(tar: tarfile.TarFile) -> list[str]:
+    """Members we refuse outright: absolute paths, '..', links and device files (stricter than the
+    tarfile 'data' filter, which would rewrite some of them instead of refusing)."""
+    bad = []
+    for m in tar.getmembers():
+        name = m.name.replace("\\", "/")
+        if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
+            bad.append(f"{m.name} (absolute path)")
+        elif ".." in name.split("/"):
+            bad.append(f"{m.name} (leaves the folder)")
+        elif not (m.isfile() or m.isdir()):
+            bad.append(f"{m.name} (link or special file)")
+    return bad
+
+
+def layout_differences(folder: Path, layout: dict) -> list[str]:
+    """How an unpacked dataset differs from its expected {split: (count, (w, h))}."""
+    diffs = []
+    for split, (count, size) in layout.items():
+        files = images_in(folder / split) if (folder / split).is_dir() else []
+        if len(files) != count:
+            diffs.append(f"{split}/ has {len(files)} images, expected {count}")
+        sizes = {}
+        for f in files:
+            try:
+                with Image.open(f) as img:
+                    sizes.setdefault(img.size, f)
+            except (OSError, UnidentifiedImageError):
+                diffs.append(f"{split}/{f.name} is not a readable image")
+        diffs += [f"{split}/{f.name} is {s[0]}x{s[1]}, expected {size[0]}x{size[1]}"
+                  for s, f in sizes.items() if s != size]
+    return diffs
+
+
+def install_archive(archive: Path, root: Path, name: str, layout: dict | None = None) -> Path:
+    """Check and unpack a <name>.tar.gz into ROOT/<name>, via a temporary folder renamed into place
+    only when complete: an interrupted or refused install leaves no partial dataset behind."""
+    target = root / name
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.unpack-", dir=root))
+    try:
+        try:
+            with tarfile.open(archive, "r:gz") as tar:
+                bad = unsafe_members(tar)  # reads every header: a truncated or corrupt file fails here
+                if bad:
+                    raise DataError(f"{archive}: refused, unsafe archive members: {', '.join(bad[:5])}")
+                tar.extractall(tmp, filter="data")
+        except (tarfile.TarError, EOFError, OSError) as e:
+            raise DataError(f"{archive}: not a complete gzip tar archive ({e})") from None
+        top = [p for p in tmp.iterdir()]
+        src = tmp / name if (tmp / name).is_dir() else top[0] if len(top) == 1 and top[0].is_dir() else tmp
+        if not (src / "train").is_dir():
+            raise DataError(f"{archive}: no {name}/train/ folder inside")
+        diffs = layout_differences(src, layout or {})
+        if diffs:
+            raise DataError(f"{archive}: unexpected contents: {'; '.join(diffs[:10])}")
+        os.replace(src, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def download_dataset(name: str, root, url=None, archive=None, sha256=None, layout=None, retries=5) -> Path:
+    """Fetch (or take --archive), verify and unpack a pix2pix dataset into ROOT/<name>."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    if (root / name).exists():
+        print(f"{root / name} already exists; remove it to download again")
+        return root / name
+    layout = LAYOUTS.get(name) if layout is None else layout
+    url = url or f"{BASE_URL}{name}.tar.gz"
+    local = archive is not None
+    archive = Path(archive) if local else root / f"{name}.tar.gz"
+    if not local and not archive.exists():
+        try:
+            fetch(url, archive, retries=retries)
+        except DataError as e:
+            raise DataError(f"{e}\nWithout network access, download {url} elsewhere and run "
+                            f"`python dataset.py download {name} --root {root} --archive PATH`") from None
+    if not archive.is_file():
+        raise DataError(f"{archive}: archive not found")
+    try:
+        if sha256 and sha256sum(archive) != sha256.lower():
+            raise DataError(f"{archive}: sha256 {sha256sum(archive)} differs from --sha256 {sha256}")
+        target = install_archive(archive, root, name, layout)
+    except DataError:
+        if not local:
+            archive.unlink(missing_ok=True)  # a bad download is useless; the next run fetches it anew
+        raise
+    if not local:
+        archive.unlink()
+    print(f"{name} ready in {target}")
+    return target
+
+
+# ----------------------------------------------------------------------------------------------------
+# Command line
+
+
+def combine(a_dir, b_dir, out_dir) -> int:
+    """Write OUT_DIR/<stem>.png = A | B for every stem present in both folders; B is resized to A's
+    size where they differ. Unmatched names are reported. Returns the number written."""
+    a = {p.stem: p for p in images_in(Path(a_dir))}
+    b = {p.stem: p for p in images_in(Path(b_dir))}
+    for stem in sorted(a.keys() ^ b.keys()):
+        print(f"warning: {(a.get(stem) or b.get(stem))}: no matching image in the other folder", file=sys.stderr)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for stem in tqdm(sorted(a.keys() & b.keys()), desc="combine"):
+        img_a, img_b = load_rgb(a[stem]), load_rgb(b[stem])
+        ab = Image.new("RGB", (img_a.width * 2, img_a.height))
+        ab.paste(img_a, (0, 0))
+        ab.paste(img_b.resize(img_a.size, Image.BICUBIC), (img_a.width, 0))
+        ab.save(out / f"{stem}.png")
+    return len(a.keys() & b.keys())
+
+
+def check(root) -> int:
+    """Decode every image of every split; print each problem and a summary. Returns the bad count."""
+    root = Path(root)
+    splits = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) if root.is_dir() else []
+    if root.is_dir() and images_in(root):
+        splits.insert(0, ".")  # a flat folder of AB images counts as one split
+    if not splits:
+        raise DataError(f"{root}: no split folders (expected {root}/train/ and {root}/val/)")
+    n_bad = n_files = 0
+    for split in splits:
+        pairs, problems = list_pairs(root, split)
+        problems += scan(pairs, full=True)
+        n_files += len(pairs) + len(problems)
+        n_bad += len(problems)
+        for path, why in problems:
+            print(f"{path}: {why}")
+        print(f"{root / split}: {len(pairs)} pairs, {len(problems)} bad file(s)")
+    print(f"summary: {n_bad} bad file(s) in {root}" + (" (train.py refuses them unless --skip-bad)" if n_bad else ""))
+    return n_bad
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="pix2pix data: download, check, combine.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    d = sub.add_parser("download", help="fetch, verify and unpack a pix2pix dataset")
+    d.add_argument("name", choices=DATASETS, help="dataset name on the pix2pix server")
+    d.add_argument("--root", default="data", help="folder that receives ROOT/<name>")
+    d.add_argument("--url", help=f"archive URL (default {BASE_URL}<name>.tar.gz): a mirror or local server")
+    d.add_argument("--archive", help="install from this local .tar.gz instead of downloading")
+    d.add_argument("--sha256", help="refuse the archive unless its SHA-256 is this")
+    c = sub.add_parser("check", help="report every bad image of every split")
+    c.add_argument("root", help="dataset folder, e.g. data/maps")
+    m = sub.add_parser("combine", help="write A|B side-by-side images from A/ and B/ folders")
+    for arg in ("a_dir", "b_dir", "out_dir"):
+        m.add_argument(arg)
+    args = p.parse_args(argv)
+    try:
+        if args.cmd == "download":
+            download_dataset(args.name, args.root, args.url, args.archive, args.sha256)
+        elif args.cmd == "check":
+            sys.exit(1 if check(args.root) else 0)
+        else:
+            print(f"wrote {combine(args.a_dir, args.b_dir, args.out_dir)} pairs to {args.out_dir}")
+    except DataError as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()
