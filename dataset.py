@@ -349,7 +349,8 @@ def install_archive(archive: Path, root: Path, name: str, layout: dict | None = 
     return target
 
 
-def download_dataset(name: str, root, url=None, archive=None, sha256=None, layout=None, retries=5) -> Path:
+def download_dataset(name: str, root, url=None, archive=None, sha256=None, layout=None, retries=5,
+                     backoff=1.0) -> Path:
     """Fetch (or take --archive), verify and unpack a pix2pix dataset into ROOT/<name>."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -362,7 +363,7 @@ def download_dataset(name: str, root, url=None, archive=None, sha256=None, layou
     archive = Path(archive) if local else root / f"{name}.tar.gz"
     if not local and not archive.exists():
         try:
-            fetch(url, archive, retries=retries)
+            fetch(url, archive, retries=retries, backoff=backoff)
         except DataError as e:
             raise DataError(f"{e}\nWithout network access, download {url} elsewhere and run "
                             f"`python dataset.py download {name} --root {root} --archive PATH`") from None

@@ -99,7 +99,7 @@ def init_weights(net: nn.Module, std: float = 0.02) -> nn.Module:
 
 
 @contextmanager
-def test_mode(G: nn.Module, paper: bool = True, seed: int = 0):
+def inference(G: nn.Module, paper: bool = True, seed: int = 0):
     """Run G for inference, restoring every module's mode afterwards.
 
     paper=True is the paper's test-time setting: BatchNorm normalises with the statistics of the test

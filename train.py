@@ -23,7 +23,7 @@ from tqdm import tqdm
 import dataset
 from config import ARCH_FIELDS, Config, parse_config
 from discriminator import Discriminator
-from generator import Generator, init_weights, test_mode
+from generator import Generator, init_weights, inference
 from utils import (amp_dtype, atomic_save, fail, gather_objects, init_distributed, pick_device,
                    rng_state, safe_load, save_grid, seed_everything, set_rng_state)
 
@@ -65,7 +65,7 @@ def load_data(cfg: Config, rank: int):
     full_scan = cfg.data_cache == "off"  # the cache build decodes everything anyway
     pairs = dataset.open_split(root, "train", cfg.skip_bad, full=full_scan)
     val_split = "val" if (root / "val").is_dir() else "train"
-    val_pairs = dataset.open_split(root, val_split, True, full=False)[: cfg.num_samples]
+    val_pairs = dataset.open_split(root, val_split, True, full=False)
     if cfg.data_cache == "off":
         train = dataset.PILPairs(pairs, cfg.load_size, cfg.crop_size)
     else:
@@ -75,8 +75,20 @@ def load_data(cfg: Config, rank: int):
                 train = dataset.CachedPairs(pairs, cfg.load_size, cache_dir, cfg.skip_bad)
             if dist.is_initialized():
                 dist.barrier()
-    val = torch.stack([dataset.decode_pair(p, cfg.crop_size) for p in val_pairs])
-    return train, val
+    return train, sample_batch(val_pairs, cfg)
+
+
+def sample_batch(pairs, cfg: Config) -> torch.Tensor:
+    """The first cfg.num_samples decodable pairs, resized to crop_size (no jitter), for sample grids."""
+    out = []
+    for pair in pairs:
+        try:
+            out.append(dataset.decode_pair(pair, cfg.crop_size))
+        except dataset.DataError as e:
+            print(f"warning: not used for samples: {e}", file=sys.stderr)
+        if len(out) == cfg.num_samples:
+            break
+    return torch.stack(out)
 
 
 def epoch_batches(train, rows: torch.Tensor, cfg: Config):
@@ -228,7 +240,7 @@ def main(cfg: Config):
         if not is_main:
             return
         real_A, real_B = to_pair(val, cfg, device, memory_format)
-        with test_mode(G, paper=True, seed=cfg.seed):
+        with inference(G, paper=True, seed=cfg.seed):
             fake_B = G(real_A)
         grid = torch.stack([real_A, fake_B, real_B], 1).flatten(0, 1)
         save_grid([grid], run_dir / "samples" / f"step_{step:07d}.png", nrow=3)

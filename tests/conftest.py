@@ -1,0 +1,76 @@
+"""Shared fixtures: small generated datasets, the real maps sample, and a quick way to train."""
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+SHARED_SAMPLE = ROOT.parent / "shared" / "maps_sample"
+TINY = ["--ngf", "8", "--ndf", "8", "--log-every", "1", "--sample-every", "1000", "--save-every", "1000"]
+
+
+def make_ab(path, w=128, h=64, seed=0, mode="RGB"):
+    """A side-by-side AB image whose B half is a simple function of A (so there is something to learn)."""
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, 256, (h, w // 2, 3), dtype=np.uint8)
+    odd = np.zeros((h, w % 2, 3), dtype=np.uint8)  # lets a test plant an odd width
+    img = Image.fromarray(np.concatenate([a, 255 - a, odd], 1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.convert(mode).save(path)
+    return path
+
+
+def make_dataset(root, n_train=4, n_val=2, **kw):
+    for split, n in (("train", n_train), ("val", n_val)):
+        for i in range(n):
+            make_ab(Path(root) / split / f"{i:03d}.png", seed=i + (100 if split == "val" else 0), **kw)
+    return Path(root)
+
+
+@pytest.fixture
+def data(tmp_path):
+    return make_dataset(tmp_path / "data")
+
+
+@pytest.fixture
+def maps_sample(tmp_path):
+    """The 30 real maps pairs as train/ (all) and val/ (first 8), linked, never copied into the repo."""
+    if not SHARED_SAMPLE.is_dir():
+        pytest.skip(f"real maps sample not found at {SHARED_SAMPLE}")
+    files = sorted(SHARED_SAMPLE.glob("*.png"))
+    for split, chosen in (("train", files), ("val", files[:8])):
+        (tmp_path / "maps" / split).mkdir(parents=True)
+        for f in chosen:
+            os.symlink(f, tmp_path / "maps" / split / f.name)
+    return tmp_path / "maps"
+
+
+def train(*args):
+    """Run train.main in this process with tiny widths; returns the run folder's last checkpoint."""
+    import torch
+    import train as train_mod
+    from config import parse_config
+    cfg = parse_config([*TINY, *map(str, args)])
+    train_mod.main(cfg)
+    return torch.load(Path(cfg.run_dir) / "last.pt", weights_only=True)
+
+
+def assert_same(x, y, where="checkpoint"):
+    """Bit-identical nested state (dicts, lists, tensors, numbers)."""
+    import torch
+    if isinstance(x, dict):
+        assert x.keys() == y.keys(), where
+        for k in x:
+            assert_same(x[k], y[k], f"{where}.{k}")
+    elif isinstance(x, (list, tuple)):
+        assert len(x) == len(y), where
+        for i, (a, b) in enumerate(zip(x, y)):
+            assert_same(a, b, f"{where}[{i}]")
+    elif isinstance(x, torch.Tensor):
+        assert torch.equal(x, y), where
+    else:
+        assert x == y, where
