@@ -1,0 +1,170 @@
+"""Evaluate a generator on a split: sample grids, pixel metrics and map-structure IoU.
+
+    python evaluate.py --weights weights/maps/G.pt --data-root data/maps --split val --out eval/
+    python evaluate.py --weights sat2map --eval --out eval/sat2map
+
+Writes OUT/grid_input.png, grid_output.png, grid_target.png (3x8), grid_triplets.png (input | output |
+target per row), metrics.json, per_image.csv, and prints a table. Metrics are defined in README.md.
+"""
+import argparse
+import csv
+import json
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+import dataset
+from generator import inference
+from predict import load_generator
+from utils import fail, pick_device, save_grid
+
+# Google-map palette of the maps set, calibrated on ../shared/maps_sample (see README): several
+# prototypes per class; a pixel takes the class of its nearest prototype, and is background when no
+# prototype is within PALETTE_RADIUS.
+CLASSES = ("background", "road", "highway", "water", "park")
+PALETTE = {
+    "background": [(236, 228, 220), (244, 244, 236), (228, 228, 220), (236, 236, 228), (220, 220, 212)],
+    "road": [(252, 252, 252)],
+    "highway": [(252, 156, 36), (252, 228, 104)],
+    "water": [(176, 208, 252), (164, 198, 252)],
+    "park": [(204, 222, 176), (198, 222, 158)],
+}
+PALETTE_RADIUS = 24.0  # in 0-255 RGB units
+
+
+def classify(x: torch.Tensor) -> torch.Tensor:
+    """Map images (N, 3, H, W) in [-1, 1] -> class ids (N, H, W) by nearest palette colour."""
+    rgb = (x.float().clamp(-1, 1) + 1) * 127.5
+    protos = torch.tensor([c for name in CLASSES for c in PALETTE[name]], dtype=torch.float32, device=x.device)
+    owner = torch.tensor([i for i, name in enumerate(CLASSES) for _ in PALETTE[name]], device=x.device)
+    dist2 = (rgb.permute(0, 2, 3, 1).reshape(-1, 1, 3) - protos).pow(2).sum(-1)
+    best, idx = dist2.min(1)
+    cls = torch.where(best <= PALETTE_RADIUS ** 2, owner[idx], 0)
+    return cls.view(x.shape[0], *x.shape[2:])
+
+
+def gaussian_ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """SSIM of Wang et al. 2004 per image: 11x11 Gaussian window (sigma 1.5), K1 0.01, K2 0.03, data
+    range 1, computed per RGB channel over valid windows and averaged. x, y in [0, 1], (N, 3, H, W)."""
+    g = torch.exp(-((torch.arange(11, dtype=torch.float64) - 5) ** 2) / (2 * 1.5 ** 2))
+    g = (g / g.sum()).to(x)
+    k = (g[:, None] * g[None, :]).expand(x.shape[1], 1, 11, 11)
+    blur = lambda t: F.conv2d(t, k, groups=x.shape[1])  # noqa: E731
+    mx, my = blur(x), blur(y)
+    vx, vy, cxy = blur(x * x) - mx ** 2, blur(y * y) - my ** 2, blur(x * y) - mx * my
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))
+    return s.mean((1, 2, 3))
+
+
+def pixel_metrics(fake: torch.Tensor, real: torch.Tensor) -> dict:
+    """Per-image metrics for (N, 3, H, W) in [-1, 1]; each value a tensor (N,)."""
+    fake, real = fake.float().clamp(-1, 1), real.float().clamp(-1, 1)
+    f255, r255 = (fake + 1) * 127.5, (real + 1) * 127.5
+    err = (f255 - r255).abs()
+    mse01 = ((fake - real) / 2).pow(2).mean((1, 2, 3))
+    pixels = fake.shape[2] * fake.shape[3]
+    return {
+        "l1": (fake - real).abs().mean((1, 2, 3)),  # in [-1, 1] units, like the training loss
+        "psnr": 10 * torch.log10(1 / mse01.clamp_min(1e-10)),
+        "ssim": gaussian_ssim((fake + 1) / 2, (real + 1) / 2),
+        "rmse": (err.pow(2).sum((1, 2, 3)) / pixels).sqrt(),  # GcGAN protocol: channels summed
+        "acc5": (err.amax(1) < 5).float().mean((1, 2)),
+        "acc10": (err.amax(1) < 10).float().mean((1, 2)),
+    }
+
+
+class StructureIoU:
+    """Per-class IoU accumulated over the whole split (intersections and unions summed over images)."""
+
+    def __init__(self):
+        self.inter = torch.zeros(len(CLASSES), dtype=torch.float64)
+        self.union = torch.zeros(len(CLASSES), dtype=torch.float64)
+
+    def update(self, fake, real):
+        cf, cr = classify(fake).cpu(), classify(real).cpu()
+        for i in range(len(CLASSES)):
+            self.inter[i] += ((cf == i) & (cr == i)).sum()
+            self.union[i] += ((cf == i) | (cr == i)).sum()
+
+    def result(self) -> dict:
+        iou = {f"iou_{n}": (self.inter[i] / self.union[i]).item() if self.union[i] else None
+               for i, n in enumerate(CLASSES)}
+        structure = [iou[f"iou_{n}"] for n in CLASSES[1:] if iou[f"iou_{n}"] is not None]
+        iou["miou_structure"] = sum(structure) / len(structure) if structure else None
+        return iou
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Evaluate a pix2pix generator.", allow_abbrev=False)
+    p.add_argument("--weights", required=True, help="last.pt, G.pt, an official .pth, or sat2map / map2sat")
+    p.add_argument("--data-root", default="data/maps", help="dataset folder")
+    p.add_argument("--split", default="val", help="split folder to evaluate")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--samples", type=int, default=24, help="images in the grids (3 rows of 8 for 24)")
+    p.add_argument("--seed", type=int, default=None, help="pick grid samples at random with this seed "
+                   "(default: the first by sorted name); also seeds the paper mode's dropout")
+    p.add_argument("--eval", action="store_true", help="running BatchNorm statistics, no dropout")
+    p.add_argument("--direction", choices=["AtoB", "BtoA"], help="override the weights' direction")
+    p.add_argument("--fid", action="store_true", help="also compute FID (needs local Inception weights)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="where to run")
+    args = p.parse_args(argv)
+    device = pick_device(args.device)
+    G, config = load_generator(args.weights, device)
+    direction = args.direction or config["direction"]
+    try:
+        pairs = dataset.open_split(args.data_root, args.split, skip_bad=True)
+    except dataset.DataError as e:
+        fail(str(e))
+    if args.fid:
+        fail("--fid: no Inception weights on this machine; FID needs pytorch-fid or torch-fidelity "
+             "with their weights file present locally (they are not bundled)")
+    if args.seed is None:
+        chosen = set(range(min(args.samples, len(pairs))))
+    else:
+        chosen = set(torch.randperm(len(pairs), generator=torch.Generator().manual_seed(args.seed))[:args.samples].tolist())
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows, grid, iou = [], {"input": [], "output": [], "target": []}, StructureIoU()
+    for i, pair in enumerate(tqdm(pairs, desc=f"evaluate {args.split}", unit="img")):
+        try:
+            x = dataset.decode_pair(pair, 256)[None].to(device).float() / 127.5 - 1
+        except dataset.DataError as e:
+            print(f"skipped: {e}")
+            continue
+        real_A, real_B = (x[:, :3], x[:, 3:]) if direction == "AtoB" else (x[:, 3:], x[:, :3])
+        with inference(G, paper=not args.eval, seed=(args.seed or 0) + i):
+            fake_B = G(real_A).float()
+        m = pixel_metrics(fake_B, real_B)
+        rows.append({"name": pair.name, **{k: v.item() for k, v in m.items()}})
+        iou.update(fake_B, real_B)
+        if i in chosen:
+            for key, t in (("input", real_A), ("output", fake_B), ("target", real_B)):
+                grid[key].append(t.cpu())
+    if not rows:
+        fail(f"{args.data_root}/{args.split}: no image could be evaluated")
+    for key, images in grid.items():
+        save_grid([torch.cat(images)], out / f"grid_{key}.png", nrow=8)
+    triplets = torch.stack([torch.cat(grid[k]) for k in ("input", "output", "target")], 1).flatten(0, 1)
+    save_grid([triplets], out / "grid_triplets.png", nrow=3)
+    metrics = {k: sum(r[k] for r in rows) / len(rows) for k in rows[0] if k != "name"}
+    metrics.update(iou.result())
+    metrics.update({"images": len(rows), "split": args.split, "weights": args.weights,
+                    "mode": "eval" if args.eval else "paper"})
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    with open(out / "per_image.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    print(f"{'metric':<16}{'value':>10}")
+    for k, v in metrics.items():
+        if isinstance(v, float) or v is None:
+            print(f"{k:<16}{'n/a' if v is None or math.isnan(v) else f'{v:.4f}':>10}")
+    print(f"wrote grids, metrics.json and per_image.csv to {out}")
+
+
+if __name__ == "__main__":
+    main()
