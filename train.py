@@ -149,6 +149,34 @@ class StopFlag:
         return bool(flag.item())
 
 
+def gan_step(G_train, D_train, D, opt_G, opt_D, scaler, real_A, real_B, cfg: Config, dtype, device):
+    """One optimizer step of D, then of G. G_train/D_train may be DDP- or compile-wrapped; D is the
+    bare module. Returns the three losses as tensors (no host sync)."""
+    # (1) Update D: real pairs -> 1, generated pairs -> 0; G gets no gradient here
+    with torch.autocast(device.type, dtype, enabled=dtype is not None):
+        fake_B = G_train(real_A)
+        loss_D_fake = gan_loss(D_train(real_A, fake_B.detach()).float(), False, cfg.gan_mode)
+        loss_D_real = gan_loss(D_train(real_A, real_B).float(), True, cfg.gan_mode)
+        loss_D = 0.5 * (loss_D_fake + loss_D_real)  # halved: D learns slower than G (paper 3.3)
+    opt_D.zero_grad(set_to_none=True)
+    scaler.scale(loss_D).backward()
+    scaler.step(opt_D)
+
+    # (2) Update G: fool D and stay close to the target in L1. D is frozen and called without its DDP
+    # wrapper: its gradients are not needed, so nothing must wait to sync them.
+    D.requires_grad_(False)
+    with torch.autocast(device.type, dtype, enabled=dtype is not None):
+        loss_G_gan = gan_loss(D(real_A, fake_B).float(), True, cfg.gan_mode)
+        loss_G_l1 = F.l1_loss(fake_B.float(), real_B)
+        loss_G = loss_G_gan + cfg.lambda_l1 * loss_G_l1
+    opt_G.zero_grad(set_to_none=True)
+    scaler.scale(loss_G).backward()
+    scaler.step(opt_G)
+    scaler.update()
+    D.requires_grad_(True)
+    return loss_D.detach(), loss_G_gan.detach(), loss_G_l1.detach()
+
+
 # ----------------------------------------------------------------------------------------------------
 # Training
 
@@ -257,31 +285,10 @@ def main(cfg: Config):
         for batch in epoch_batches(train, rows[first:, rank], cfg):
             real_A, real_B = to_pair(batch, cfg, device, memory_format)
 
-            # (1) Update D: real pairs -> 1, generated pairs -> 0; G gets no gradient here
-            with torch.autocast(device.type, dtype, enabled=dtype is not None):
-                fake_B = G_train(real_A)
-                loss_D_fake = gan_loss(D_train(real_A, fake_B.detach()).float(), False, cfg.gan_mode)
-                loss_D_real = gan_loss(D_train(real_A, real_B).float(), True, cfg.gan_mode)
-                loss_D = 0.5 * (loss_D_fake + loss_D_real)  # halved: D learns slower than G (paper 3.3)
-            opt_D.zero_grad(set_to_none=True)
-            scaler.scale(loss_D).backward()
-            scaler.step(opt_D)
-
-            # (2) Update G: fool D and stay close to the target in L1. D is frozen and called without
-            # its DDP wrapper: its gradients are not needed, so nothing must wait to sync them.
-            D.requires_grad_(False)
-            with torch.autocast(device.type, dtype, enabled=dtype is not None):
-                loss_G_gan = gan_loss(D(real_A, fake_B).float(), True, cfg.gan_mode)
-                loss_G_l1 = F.l1_loss(fake_B.float(), real_B)
-                loss_G = loss_G_gan + cfg.lambda_l1 * loss_G_l1
-            opt_G.zero_grad(set_to_none=True)
-            scaler.scale(loss_G).backward()
-            scaler.step(opt_G)
-            scaler.update()
-            D.requires_grad_(True)
-
+            loss_D, loss_G_gan, loss_G_l1 = gan_step(G_train, D_train, D, opt_G, opt_D, scaler,
+                                                     real_A, real_B, cfg, dtype, device)
             step += 1
-            sums += torch.stack([loss_D, loss_G_gan, loss_G_l1]).detach().float()
+            sums += torch.stack([loss_D, loss_G_gan, loss_G_l1]).float()
             n_log += 1
             bar.update(1)
             if step % steps_per_epoch == 0:
