@@ -35,6 +35,18 @@ def sync(device):
         torch.cuda.synchronize()
 
 
+def seconds_per_call(fn, steps, warmup, device) -> float:
+    """Mean wall time of fn(i) over `steps` calls after `warmup` untimed ones."""
+    for i in range(warmup):
+        fn(i)
+    sync(device)
+    t = time.perf_counter()
+    for i in range(steps):
+        fn(i)
+    sync(device)
+    return (time.perf_counter() - t) / steps
+
+
 def make_pairs(folder: Path, n: int) -> list:
     """n synthetic 1200x600 JPEG pairs, the size of the maps set, so decoding costs what it would."""
     rng = np.random.default_rng(0)
@@ -75,14 +87,7 @@ def bench_train(pairs, device, fast, compile_mode, steps, warmup, cfg):
         real_A, real_B = to_pair(get(i), cfg, device, fmt)
         return gan_step(G_train, D_train, D, opt_G, opt_D, scaler, real_A, real_B, cfg, dtype, device)
 
-    for i in range(warmup):
-        step(i)
-    sync(device)
-    t = time.perf_counter()
-    for i in range(steps):
-        step(i)
-    sync(device)
-    seconds = (time.perf_counter() - t) / steps
+    seconds = seconds_per_call(step, steps, warmup, device)
     with FlopCounterMode(display=False) as fc:
         step(0)
     return 1 / seconds, fc.get_total_flops(), dtype
@@ -97,14 +102,7 @@ def bench_infer(device, fast, compile_mode, batch, steps, warmup):
     run = torch.compile(G, mode=None if compile_mode == "default" else compile_mode) if fast and compile_mode != "off" else G
     x = (torch.rand(batch, 3, 256, 256, device=device) * 2 - 1).contiguous(memory_format=fmt)
     with torch.inference_mode(), torch.autocast(device.type, dtype, enabled=dtype is not None):
-        for _ in range(warmup):
-            run(x)
-        sync(device)
-        t = time.perf_counter()
-        for _ in range(steps):
-            run(x)
-        sync(device)
-        seconds = (time.perf_counter() - t) / steps
+        seconds = seconds_per_call(lambda i: run(x), steps, warmup, device)
         with FlopCounterMode(display=False) as fc:
             G(x)
     return batch / seconds, fc.get_total_flops() / batch, dtype

@@ -30,6 +30,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
+from utils import atomic_save
+
 IMG_EXTS = (".jpg", ".jpeg", ".png")
 MIN_HALF = 16  # px; smaller halves cannot be a real training pair
 MODES = ("RGB", "L", "LA", "P", "PA", "RGBA", "RGBX", "CMYK", "YCbCr", "I;16", "I;16L", "I;16B", "I")
@@ -221,7 +223,6 @@ class CachedPairs:
         self.pairs = drop_bad(pairs, problems, skip_bad, pairs[0].a.parent if pairs else "data")
         self.pixels = torch.stack([decoded[i] for i in keep])
         if cache is not None and not problems:
-            from utils import atomic_save  # utils imports nothing from here; kept local to stay light
             for old in Path(cache_dir).glob(f"pairs-{size}-*.pt"):
                 old.unlink()
             atomic_save({"key": key, "pixels": self.pixels}, cache)

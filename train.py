@@ -88,6 +88,8 @@ def sample_batch(pairs, cfg: Config) -> torch.Tensor:
             print(f"warning: not used for samples: {e}", file=sys.stderr)
         if len(out) == cfg.num_samples:
             break
+    if not out:
+        fail(f"{cfg.data_root}: no decodable validation pair for the sample grid")
     return torch.stack(out)
 
 
