@@ -70,11 +70,11 @@ def load_data(cfg: Config, rank: int):
         train = dataset.PILPairs(pairs, cfg.load_size, cfg.crop_size)
     else:
         cache_dir = root / ".cache" / "train" if cfg.data_cache == "disk" else None
-        for turn in (0, 1) if dist.is_initialized() else (0,):
-            if (rank == 0) == (turn == 0):
-                train = dataset.CachedPairs(pairs, cfg.load_size, cache_dir, cfg.skip_bad)
-            if dist.is_initialized():
-                dist.barrier()
+        if dist.is_initialized() and rank != 0:
+            dist.barrier()  # wait for rank 0 to write the disk cache, then read it
+        train = dataset.CachedPairs(pairs, cfg.load_size, cache_dir, cfg.skip_bad)
+        if dist.is_initialized() and rank == 0:
+            dist.barrier()
     return train, sample_batch(val_pairs, cfg)
 
 
