@@ -181,7 +181,8 @@ def real_image(h=700, w=1000):
     if SHARED_SAMPLE.is_dir():
         img = Image.open(sorted(SHARED_SAMPLE.glob("*.png"))[0]).convert("RGB").crop((0, 0, 256, 256))
         return torch.from_numpy(np.asarray(img.resize((w, h), Image.BICUBIC)).copy()).permute(2, 0, 1)[None] / 127.5 - 1
-    return torch.rand(1, 3, h, w) * 2 - 1
+    ramp = torch.linspace(-0.9, 0.9, w).expand(1, 3, h, w)  # tiles must differ, as on a real photo
+    return (ramp + 0.1 * torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(0))).clamp(-1, 1)
 
 
 def test_tiled_equals_untiled_for_a_local_net():
