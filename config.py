@@ -8,7 +8,12 @@ printed at start and saved as RUN_DIR/config.json.
 import argparse
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
+from pathlib import Path
+
+
+DEVICES = ["auto", "cpu", "cuda", "mps"]
 
 
 def opt(default, help, **kw):
@@ -31,6 +36,8 @@ class Config:
                           "off: decode with PIL every step", choices=["memory", "disk", "off"])
     workers: int = opt(2, "DataLoader worker processes for --data-cache off")
     skip_bad: bool = opt(False, "skip unreadable or malformed images instead of refusing to start")
+    allow_data_change: bool = opt(False, "resume even though the number of training pairs changed "
+                                  "(the data order then differs from an uninterrupted run)")
     # model
     ngf: int = opt(64, "generator width (filters in its first layer)")
     ndf: int = opt(64, "discriminator width (filters in its first layer)")
@@ -50,14 +57,14 @@ class Config:
     max_steps: int = opt(0, "stop after this many optimizer steps in total (0: no limit)")
     seed: int = opt(0, "seed of weights, data order, jitter and dropout")
     # speed
-    device: str = opt("auto", "auto: cuda, then mps, then cpu", choices=["auto", "cpu", "cuda", "mps"])
+    device: str = opt("auto", "auto: cuda, then mps, then cpu", choices=DEVICES)
     amp: str = opt("auto", "mixed precision; auto: bf16 where the device runs it fast, else off",
                    choices=["auto", "bf16", "fp16", "off"])
     channels_last: str = opt("auto", "NHWC memory format; auto: on", choices=["auto", "on", "off"])
     compile: str = opt("off", "torch.compile the networks; reduce-overhead adds CUDA graphs",
                        choices=["off", "default", "reduce-overhead", "max-autotune"])
     # bookkeeping
-    name: str = opt("maps", "run name; the run folder defaults to weights/<name>")
+    name: str = opt("", "run name; default the data root's folder name (data/facades -> facades)")
     run_dir: str = opt("", "run folder for checkpoints, samples and logs (default weights/<name>)")
     resume: str = opt("auto", "auto: continue from RUN_DIR/last.pt if it exists; never; or a path")
     save_every: int = opt(1000, "save RUN_DIR/last.pt every N steps (and at the end, and on SIGINT)")
@@ -66,6 +73,7 @@ class Config:
     num_samples: int = opt(8, "validation pairs in the sample grid")
 
     def __post_init__(self):
+        self.name = self.name or Path(self.data_root).resolve().name or "run"
         self.run_dir = self.run_dir or f"weights/{self.name}"
         checks = {
             "--load-size": self.load_size >= self.crop_size,
@@ -76,6 +84,11 @@ class Config:
             "--save-every": min(self.save_every, self.sample_every, self.log_every) >= 1,
             "--dropout": 0.0 <= self.dropout < 1.0,
             "--ngf": self.ngf >= 1 and self.ndf >= 1,
+            "--lr": math.isfinite(self.lr) and self.lr > 0,
+            "--beta1": 0 <= self.beta1 < 1 and 0 <= self.beta2 < 1,
+            "--lambda-l1": math.isfinite(self.lambda_l1) and self.lambda_l1 >= 0,
+            "--workers": self.workers >= 0,
+            "--num-samples": self.num_samples >= 1,
         }
         expected = {
             "--load-size": f"at least --crop-size ({self.crop_size})",
@@ -86,6 +99,11 @@ class Config:
             "--save-every": "--save-every, --sample-every and --log-every all >= 1",
             "--dropout": "a probability in [0, 1)",
             "--ngf": "--ngf and --ndf >= 1",
+            "--lr": "a positive learning rate",
+            "--beta1": "--beta1 and --beta2 in [0, 1)",
+            "--lambda-l1": "a weight >= 0",
+            "--workers": "0 or more worker processes",
+            "--num-samples": "at least 1",
         }
         bad = [f"{flag}: expected {expected[flag]}" for flag, ok in checks.items() if not ok]
         if bad:
@@ -109,10 +127,22 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
+WEIGHTS_HELP = "last.pt, G.pt, an official pix2pix .pth, or sat2map / map2sat (downloaded once into weights/)"
+
+
+def command_parser(description: str) -> Parser:
+    """The parser every command starts from: one-line errors, defaults shown in --help, no abbreviations."""
+    return Parser(description=description, allow_abbrev=False,
+                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+
+
+def add_device(parser: Parser):
+    parser.add_argument("--device", default="auto", choices=DEVICES, help="auto: cuda, then mps, then cpu")
+
+
 def build_parser(cls=Config, description=None) -> Parser:
     """One `--kebab-case` flag per dataclass field, with its help text and default."""
-    parser = Parser(description=description, allow_abbrev=False,
-                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = command_parser(description)
     for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")
         if f.type in (bool, "bool"):

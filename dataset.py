@@ -10,38 +10,40 @@ RGB, resize each half to a square (bicubic, as in the official code), keep as ui
 crop and flip, same for both halves) is applied to those uint8 tensors, so the cached path and the
 PIL path produce the same pixels for the same jitter parameters.
 """
-import argparse
 import hashlib
-import http.client
 import os
 import shutil
 import sys
 import tarfile
 import tempfile
-import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
-from utils import atomic_save
+from config import command_parser
+from download import DownloadError, fetch, sha256sum
+from utils import InputError, atomic_save, run_command
 
 IMG_EXTS = (".jpg", ".jpeg", ".png")
 MIN_HALF = 16  # px; smaller halves cannot be a real training pair
-MODES = ("RGB", "L", "LA", "P", "PA", "RGBA", "RGBX", "CMYK", "YCbCr", "I;16", "I;16L", "I;16B", "I")
+# PIL refuses images over ~179 MP as possible decompression bombs. Training images are small, so that
+# guard stays for them; predict.py raises it deliberately (--max-megapixels) for trusted scenes.
+MAX_PIXELS = 178_956_970
+Image.MAX_IMAGE_PIXELS = None  # we check the size ourselves, with a message that says what to do
+ROTATED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
+MODES = ("1", "RGB", "L", "LA", "P", "PA", "RGBA", "RGBX", "CMYK", "YCbCr", "I;16", "I;16L", "I;16B", "I")
 BASE_URL = "http://efrosgans.eecs.berkeley.edu/pix2pix/datasets/"
 DATASETS = ("maps", "facades", "cityscapes", "edges2shoes", "edges2handbags", "night2day")
 # split -> (number of images, (width, height)) of the official archives we can vouch for
 LAYOUTS = {"maps": {"train": (1096, (1200, 600)), "val": (1098, (1200, 600))}}
 
 
-class DataError(ValueError):
+class DataError(InputError):
     """Bad data on disk; the message names the files and what was expected."""
 
 
@@ -59,6 +61,12 @@ def images_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMG_EXTS and p.is_file())
 
 
+def dangling_links(folder: Path) -> list[tuple[Path, str]]:
+    """Image names that are symbolic links to nothing: reported, never silently skipped."""
+    return [(p, f"broken symbolic link (to {os.readlink(p)})") for p in sorted(folder.iterdir())
+            if p.suffix.lower() in IMG_EXTS and p.is_symlink() and not p.exists()]
+
+
 def list_pairs(root, split) -> tuple[list[Pair], list[tuple[Path, str]]]:
     """The pairs of ROOT/split in either layout, and the problems found listing them."""
     root, folder = Path(root), Path(root) / split
@@ -74,8 +82,9 @@ def list_pairs(root, split) -> tuple[list[Pair], list[tuple[Path, str]]]:
         pairs = [Pair(s, a[s], b[s]) for s in sorted(a.keys() & b.keys())]
         problems = [(a[s], f"no matching image in {folder / 'B'}") for s in sorted(a.keys() - b.keys())]
         problems += [(b[s], f"no matching image in {folder / 'A'}") for s in sorted(b.keys() - a.keys())]
+        problems += dangling_links(folder / "A") + dangling_links(folder / "B")
     else:
-        pairs, problems = [Pair(p.stem, p, None) for p in images_in(folder)], []
+        pairs, problems = [Pair(p.stem, p, None) for p in images_in(folder)], dangling_links(folder)
     if not pairs and not problems:
         raise DataError(f"{folder}: no images (expected {', '.join(IMG_EXTS)} files, A|B side by side, "
                         f"or A/ and B/ subfolders)")
@@ -91,12 +100,16 @@ def inspect_image(path: Path, halves: bool, full: bool) -> str | None:
             if img.mode not in MODES:
                 return f"unexpected mode {img.mode} (expected one of {', '.join(MODES)})"
             w, h = img.size
+            if w * h > MAX_PIXELS:
+                return f"{w}x{h} is over {MAX_PIXELS / 1e6:.0f} megapixels (a training image is far smaller)"
+            if img.getexif().get(0x0112) in ROTATED:
+                w, h = h, w  # shown upright, as load_rgb will turn it
             if full:
                 img.load()
     except UnidentifiedImageError:
         return "not an image PIL can read"
-    except (OSError, SyntaxError, ValueError) as e:
-        return f"truncated or corrupt image ({str(e).splitlines()[0][:120]})"
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        return f"truncated or corrupt image ({(str(e).splitlines() or [type(e).__name__])[0][:120]})"
     if halves and w % 2:
         return f"odd width {w} (an AB image is two halves of equal width)"
     if min(w // 2 if halves else w, h) < MIN_HALF:
@@ -138,27 +151,39 @@ def open_split(root, split, skip_bad=False, full=False) -> list[Pair]:
 # Decoding and jitter
 
 
-def load_rgb(path: Path) -> Image.Image:
-    """Any supported mode -> RGB; 16-bit greyscale is scaled to 8 bits, not clipped."""
-    img = Image.open(path)
-    if img.mode.startswith("I"):
-        arr = np.asarray(img).astype(np.float64)
-        img = Image.fromarray((arr * (255 / 65535 if arr.max() > 255 else 1)).round().clip(0, 255).astype(np.uint8))
-    return img.convert("RGB")
+def load_rgb(path: Path, max_pixels: int | None = MAX_PIXELS) -> Image.Image:
+    """Decode any supported mode to RGB, upright as its EXIF orientation says; 16-bit greyscale is
+    scaled to 8 bits, not clipped. Anything unreadable raises DataError naming the file."""
+    try:
+        with Image.open(path) as img:
+            if max_pixels and img.width * img.height > max_pixels:
+                raise DataError(f"{path}: {img.width}x{img.height} is over {max_pixels / 1e6:.0f} megapixels, "
+                                f"PIL's guard against decompression bombs (predict.py --max-megapixels raises "
+                                f"it for files you trust)")
+            img = ImageOps.exif_transpose(img)
+            if img.mode.startswith("I"):
+                arr = np.asarray(img).astype(np.float64)
+                img = Image.fromarray((arr * (255 / 65535 if arr.max() > 255 else 1)).round().clip(0, 255)
+                                      .astype(np.uint8))
+            return img.convert("RGB")
+    except UnidentifiedImageError:
+        raise DataError(f"{path}: not an image PIL can read") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        if isinstance(e, DataError):
+            raise
+        first = (str(e).splitlines() or [type(e).__name__])[0][:120]
+        raise DataError(f"{path}: cannot decode ({first})") from None
 
 
 def decode_pair(pair: Pair, size: int) -> torch.Tensor:
     """One pair as uint8 (6, size, size): A then B, each resized (bicubic) to size x size."""
-    try:
-        img = load_rgb(pair.a)
-        if pair.b is None:
-            w, h = img.size
-            halves = [img.crop((0, 0, w // 2, h)), img.crop((w // 2, 0, w // 2 * 2, h))]
-        else:
-            halves = [img, load_rgb(pair.b)]
-        arrays = [np.asarray(x.resize((size, size), Image.BICUBIC)) for x in halves]
-    except (OSError, SyntaxError, ValueError) as e:
-        raise DataError(f"{pair.a}: cannot decode ({str(e).splitlines()[0][:120]})") from None
+    img = load_rgb(pair.a)
+    if pair.b is None:
+        w, h = img.size
+        halves = [img.crop((0, 0, w // 2, h)), img.crop((w // 2, 0, w // 2 * 2, h))]
+    else:
+        halves = [img, load_rgb(pair.b)]
+    arrays = [np.asarray(x.resize((size, size), Image.BICUBIC)) for x in halves]
     return torch.from_numpy(np.concatenate(arrays, axis=2)).permute(2, 0, 1).contiguous()
 
 
@@ -202,7 +227,7 @@ class CachedPairs:
     def __init__(self, pairs, size, cache_dir=None, skip_bad=False, desc="decode"):
         key = hashlib.sha256("\n".join(
             f"{p.name}|{f.name}|{f.stat().st_size}|{f.stat().st_mtime_ns}"
-            for p in pairs for f in (p.a, p.b) if f is not None).encode()).hexdigest()
+            for p in pairs for f in (p.a, p.b) if f is not None).encode("utf-8", "surrogateescape")).hexdigest()
         cache = Path(cache_dir) / f"pairs-{size}-{key[:16]}.pt" if cache_dir else None
         if cache is not None and cache.is_file():
             saved = torch.load(cache, map_location="cpu", weights_only=True)
@@ -241,52 +266,6 @@ class CachedPairs:
 
 # ----------------------------------------------------------------------------------------------------
 # Download, verification and safe extraction
-
-
-def fetch(url: str, dest: Path, timeout=30.0, retries=5, backoff=1.0) -> Path:
-    """Download url to dest with a progress bar, resuming a partial DEST.part with HTTP Range
-    (starting over where the server ignores it) and retrying transient failures with backoff."""
-    part = dest.with_name(dest.name + ".part")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    for attempt in range(retries + 1):
-        have = part.stat().st_size if part.exists() else 0
-        request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
-        try:
-            with urllib.request.urlopen(request, timeout=timeout) as r:
-                if have and getattr(r, "status", 200) != 206:
-                    have = 0  # the server sent the whole file: start the part file over
-                length = r.headers.get("Content-Length")
-                total = have + int(length) if length else None
-                with open(part, "ab" if have else "wb") as f, tqdm(
-                        total=total, initial=have, unit="B", unit_scale=True, desc=dest.name, leave=False) as bar:
-                    while chunk := r.read(1 << 20):
-                        f.write(chunk)
-                        bar.update(len(chunk))
-                    f.flush()
-                    os.fsync(f.fileno())
-            if total is not None and part.stat().st_size != total:
-                raise ConnectionError(f"got {part.stat().st_size} of {total} bytes")
-            os.replace(part, dest)
-            return dest
-        except urllib.error.HTTPError as e:
-            if e.code == 416:  # our part file is no prefix of theirs (changed upstream): start over
-                part.unlink(missing_ok=True)
-            elif e.code not in (408, 429) and e.code < 500:
-                raise DataError(f"{url}: HTTP {e.code} {e.reason}") from None
-            reason = f"HTTP {e.code} {e.reason}"
-        except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError, OSError) as e:
-            reason = str(getattr(e, "reason", e)) or type(e).__name__
-        if attempt < retries:
-            time.sleep(backoff * 2 ** attempt)
-    raise DataError(f"{url}: download failed after {retries + 1} tries ({reason})")
-
-
-def sha256sum(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def unsafe_members(tar: tarfile.TarFile) -> list[str]:
@@ -365,8 +344,8 @@ def download_dataset(name: str, root, url=None, archive=None, sha256=None, layou
     if not local and not archive.exists():
         try:
             fetch(url, archive, retries=retries, backoff=backoff)
-        except DataError as e:
-            raise DataError(f"{e}\nWithout network access, download {url} elsewhere and run "
+        except DownloadError as e:
+            raise DataError(f"{e}; without network access, download {url} elsewhere and run "
                             f"`python dataset.py download {name} --root {root} --archive PATH`") from None
     if not archive.is_file():
         raise DataError(f"{archive}: archive not found")
@@ -428,7 +407,7 @@ def check(root) -> int:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description="pix2pix data: download, check, combine.")
+    p = command_parser("pix2pix data: download, check, combine.")
     sub = p.add_subparsers(dest="cmd", required=True)
     d = sub.add_parser("download", help="fetch, verify and unpack a pix2pix dataset")
     d.add_argument("name", choices=DATASETS, help="dataset name on the pix2pix server")
@@ -442,16 +421,14 @@ def main(argv=None):
     for arg in ("a_dir", "b_dir", "out_dir"):
         m.add_argument(arg)
     args = p.parse_args(argv)
-    try:
-        if args.cmd == "download":
-            download_dataset(args.name, args.root, args.url, args.archive, args.sha256)
-        elif args.cmd == "check":
-            sys.exit(1 if check(args.root) else 0)
-        else:
-            print(f"wrote {combine(args.a_dir, args.b_dir, args.out_dir)} pairs to {args.out_dir}")
-    except DataError as e:
-        sys.exit(f"error: {e}")
+    if args.cmd == "download":
+        download_dataset(args.name, args.root, args.url, args.archive, args.sha256)
+    elif args.cmd == "check":
+        return 1 if check(args.root) else 0
+    else:
+        print(f"wrote {combine(args.a_dir, args.b_dir, args.out_dir)} pairs to {args.out_dir}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main))

@@ -6,7 +6,6 @@
 Writes OUT/grid_input.png, grid_output.png, grid_target.png (3x8), grid_triplets.png (input | output |
 target per row), metrics.json, per_image.csv, and prints a table. Metrics are defined in README.md.
 """
-import argparse
 import csv
 import json
 import math
@@ -17,9 +16,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import dataset
-from generator import inference
-from predict import load_generator
-from utils import fail, pick_device, save_grid
+from config import WEIGHTS_HELP, add_device, command_parser
+from generator import inference, load_generator
+from utils import InputError, pick_device, run_command, save_grid
 
 # Google-map palette of the maps set, calibrated on ../shared/maps_sample (see README): several
 # prototypes per class; a pixel takes the class of its nearest prototype, and is background when no
@@ -99,8 +98,8 @@ class StructureIoU:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description="Evaluate a pix2pix generator.", allow_abbrev=False)
-    p.add_argument("--weights", required=True, help="last.pt, G.pt, an official .pth, or sat2map / map2sat")
+    p = command_parser("Evaluate a pix2pix generator on a split: grids, pixel metrics, structure IoU.")
+    p.add_argument("--weights", required=True, help=WEIGHTS_HELP)
     p.add_argument("--data-root", default="data/maps", help="dataset folder")
     p.add_argument("--split", default="val", help="split folder to evaluate")
     p.add_argument("--out", required=True, help="output folder")
@@ -110,23 +109,24 @@ def main(argv=None):
     p.add_argument("--eval", action="store_true", help="running BatchNorm statistics, no dropout")
     p.add_argument("--direction", choices=["AtoB", "BtoA"], help="override the weights' direction")
     p.add_argument("--fid", action="store_true", help="also compute FID (needs local Inception weights)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="where to run")
+    add_device(p)
     args = p.parse_args(argv)
+    if args.samples < 1:
+        p.error(f"--samples {args.samples}: expected at least 1")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out}: is a file, expected a folder")
     device = pick_device(args.device)
     G, config = load_generator(args.weights, device)
     direction = args.direction or config["direction"]
-    try:
-        pairs = dataset.open_split(args.data_root, args.split, skip_bad=True)
-    except dataset.DataError as e:
-        fail(str(e))
+    pairs = dataset.open_split(args.data_root, args.split, skip_bad=True)
     if args.fid:
-        fail("--fid: no Inception weights on this machine; FID needs pytorch-fid or torch-fidelity "
-             "with their weights file present locally (they are not bundled)")
+        raise InputError("--fid: no Inception weights on this machine; FID needs pytorch-fid or torch-fidelity "
+                         "with their weights file present locally (they are not bundled)")
     if args.seed is None:
         chosen = set(range(min(args.samples, len(pairs))))
     else:
         chosen = set(torch.randperm(len(pairs), generator=torch.Generator().manual_seed(args.seed))[:args.samples].tolist())
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows, grid, iou = [], {"input": [], "output": [], "target": []}, StructureIoU()
     for i, pair in enumerate(tqdm(pairs, desc=f"evaluate {args.split}", unit="img")):
@@ -145,7 +145,7 @@ def main(argv=None):
             for key, t in (("input", real_A), ("output", fake_B), ("target", real_B)):
                 grid[key].append(t.cpu())
     if not rows:
-        fail(f"{args.data_root}/{args.split}: no image could be evaluated")
+        raise InputError(f"{args.data_root}/{args.split}: no image could be evaluated")
     for key, images in grid.items():
         save_grid([torch.cat(images)], out / f"grid_{key}.png", nrow=8)
     triplets = torch.stack([torch.cat(grid[k]) for k in ("input", "output", "target")], 1).flatten(0, 1)
@@ -167,4 +167,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

@@ -1,31 +1,52 @@
 """Export a generator to ONNX (eval mode: running BatchNorm statistics, no dropout) and check it.
 
-    python export.py --weights weights/maps/G.pt --onnx sat2map.onnx
+    python export.py --weights weights/maps/G.pt --out sat2map.onnx
 
 Batch, height and width are dynamic; height and width must be multiples of 256. The exported model
 is run with onnxruntime on a random input and compared with PyTorch before the command succeeds.
 """
-import argparse
+import os
+import sys
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from predict import load_generator
-from utils import fail
+from config import WEIGHTS_HELP, command_parser
+from generator import load_generator
+from utils import InputError, run_command
+
+MISSING = ("onnx and onnxruntime are needed for the export: pip install -r requirements.txt "
+           "(or pip install onnx onnxruntime onnxscript)")
 
 
 def export(G, path, opset=18):
-    """Write G (in eval mode) to path with dynamic batch, height and width."""
+    """Write G (in eval mode) to path with dynamic batch, height and width, via a temp file renamed
+    into place: a failed export leaves no half-written model."""
+    try:
+        import onnx  # noqa: F401  (torch.onnx.export needs it)
+    except ImportError:
+        raise InputError(MISSING) from None
     G = G.eval()
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
     x = torch.zeros(1, 3, 256, 256)
-    torch.onnx.export(G, (x,), str(path), input_names=["satellite"], output_names=["map"], opset_version=opset,
-                      dynamic_axes={"satellite": {0: "batch", 2: "height", 3: "width"},
-                                    "map": {0: "batch", 2: "height", 3: "width"}}, dynamo=False)
+    try:
+        torch.onnx.export(G, (x,), str(tmp), input_names=["satellite"], output_names=["map"],
+                          opset_version=opset, dynamic_axes={"satellite": {0: "batch", 2: "height", 3: "width"},
+                                                             "map": {0: "batch", 2: "height", 3: "width"}},
+                          dynamo=False)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def max_difference(G, path, shape=(2, 3, 256, 512), seed=0) -> float:
     """Largest |onnxruntime - PyTorch| over one random input of the given shape."""
-    import onnxruntime as ort
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise InputError(MISSING) from None
     x = torch.rand(shape, generator=torch.Generator().manual_seed(seed)) * 2 - 1
     with torch.no_grad():
         ref = G.eval()(x).numpy()
@@ -35,18 +56,25 @@ def max_difference(G, path, shape=(2, 3, 256, 512), seed=0) -> float:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description="Export a pix2pix generator to ONNX.", allow_abbrev=False)
-    p.add_argument("--weights", required=True, help="last.pt, G.pt, an official .pth, or sat2map / map2sat")
-    p.add_argument("--onnx", required=True, help="output .onnx file")
-    p.add_argument("--opset", type=int, default=18, help="ONNX opset version")
+    p = command_parser("Export a pix2pix generator to ONNX (eval mode) and check it with onnxruntime.")
+    p.add_argument("--weights", required=True, help=WEIGHTS_HELP)
+    p.add_argument("--out", required=True, help="output .onnx file")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset version (14 to 20)")
     args = p.parse_args(argv)
+    if not 14 <= args.opset <= 20:
+        p.error(f"--opset {args.opset}: expected 14 to 20")
+    out = Path(args.out)
+    if out.is_dir():
+        raise InputError(f"--out {out}: is a folder, expected an .onnx file name")
+    if not out.parent.is_dir():
+        raise InputError(f"--out {out}: folder {out.parent} does not exist")
     G, _ = load_generator(args.weights)
-    export(G, args.onnx, args.opset)
-    diff = max_difference(G, args.onnx)
+    export(G, out, args.opset)
+    diff = max_difference(G, out)
     if diff > 1e-4:
-        fail(f"{args.onnx}: onnxruntime differs from PyTorch by {diff:.2e} (limit 1e-4)")
-    print(f"wrote {args.onnx}; onnxruntime matches PyTorch within {diff:.1e} on a 2x3x256x512 input")
+        raise InputError(f"{out}: onnxruntime differs from PyTorch by {diff:.2e} (limit 1e-4)")
+    print(f"wrote {out}; onnxruntime matches PyTorch within {diff:.1e} on a 2x3x256x512 input")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main))

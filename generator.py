@@ -5,10 +5,16 @@
 The layer order, bias settings and dropout placement follow the official pix2pix PyTorch code, so its
 released weights load into this module through `load_generator_state` (see `official_to_ours`).
 """
+import os
+import tempfile
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 import torch.nn as nn
+
+from download import DownloadError, fetch
+from utils import InputError, safe_load
 
 NUM_DOWNS = 8  # 256 -> 1 pixel at the bottleneck
 
@@ -100,31 +106,35 @@ def init_weights(net: nn.Module, std: float = 0.02) -> nn.Module:
 
 @contextmanager
 def inference(G: nn.Module, paper: bool = True, seed: int = 0):
-    """Run G for inference, restoring every module's mode afterwards.
+    """Run G for inference, restoring every module's mode and buffers afterwards.
 
     paper=True is the paper's test-time setting: BatchNorm normalises with the statistics of the test
     batch and dropout stays on (seeded here, so the result is reproducible); running statistics are
     neither used nor updated and the caller's RNG streams are untouched. paper=False (`--eval`) uses
     the running statistics and no dropout, which is deterministic without a seed.
     """
-    modes = {m: (m.training, getattr(m, "track_running_stats", None)) for m in G.modules()}
-    G.eval()
+    modes = {m: m.training for m in G.modules()}
+    hidden = {}  # BatchNorm -> its running buffers, out of sight while the paper mode runs
+    G.eval()  # important! no module may update running statistics here
     devices = [p.device for p in G.parameters() if p.device.type == "cuda"][:1]
     try:
         if paper:
             for m in G.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.track_running_stats = False  # eval + no tracking = batch statistics, no update
+                if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
+                    # In eval mode BatchNorm normalises with its running buffers whenever they exist;
+                    # without them it uses the batch's own statistics and updates nothing.
+                    hidden[m] = (m.running_mean, m.running_var)
+                    m.running_mean = m.running_var = None
                 elif isinstance(m, nn.Dropout):
                     m.train()
         with torch.random.fork_rng(devices=devices), torch.no_grad():
             torch.manual_seed(seed)
             yield G
     finally:
-        for m, (training, track) in modes.items():
+        for m, (mean, var) in hidden.items():
+            m.running_mean, m.running_var = mean, var
+        for m, training in modes.items():
             m.train(training)
-            if track is not None:
-                m.track_running_stats = track
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -181,6 +191,69 @@ def load_generator_state(G: Generator, state: dict, source: str) -> Generator:
         parts = [f"{name}: {', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''} ({len(keys)} in all)"
                  for name, keys in (("missing", missing), ("unexpected", unexpected),
                                     ("mis-shaped", shapes)) if keys]
-        raise ValueError(f"{source}: not a generator with these settings; " + "; ".join(parts))
+        raise InputError(f"{source}: not a generator with these settings; " + "; ".join(parts))
     G.load_state_dict(state)
     return G
+
+
+# ----------------------------------------------------------------------------------------------------
+# Loading weights: our checkpoints, official files, and the official pretrained generators by name
+
+PRETRAINED = {"sat2map": "AtoB", "map2sat": "BtoA"}  # official maps generators and their direction
+PRETRAINED_URL = "http://efrosgans.eecs.berkeley.edu/pix2pix/models-pytorch/"
+URL_VARIABLE = "SAT2MAP_PRETRAINED_URL"  # a mirror (or a local server) serving <name>.pth
+
+
+def build_generator(state: dict, source: str, config: dict | None = None) -> tuple[Generator, dict]:
+    """A Generator holding `state` (ours, a training checkpoint's, or the official layout), built with
+    the widths its config names. Returns (G, config with at least 'direction')."""
+    config = dict(state.get("config", {}) if "G" in state else config or {})
+    try:
+        G = Generator(3, 3, int(config.get("ngf", 64)), config.get("norm", "batch"),
+                      float(config.get("dropout", 0.5)))
+    except (TypeError, ValueError) as e:
+        raise InputError(f"{source}: its config does not describe a generator ({e})") from None
+    weights = state.get("G", state)
+    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        raise InputError(f"{source}: expected a state dict of tensors (a G.pt, last.pt or official .pth)")
+    load_generator_state(G, weights, source)
+    config.setdefault("direction", "AtoB")
+    return G, config
+
+
+def fetch_pretrained(name: str, folder="weights") -> Path:
+    """FOLDER/<name>.pth, downloaded once from $SAT2MAP_PRETRAINED_URL (default the pix2pix server)
+    and kept only once it loads as a generator: a failed or foreign download never stays behind."""
+    path = Path(folder) / f"{name}.pth"
+    if path.is_file():
+        return path
+    base = os.environ.get(URL_VARIABLE) or PRETRAINED_URL
+    url = base.rstrip("/") + f"/{name}.pth"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{name}.", suffix=".pth")
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        fetch(url, tmp)
+        build_generator(safe_load(tmp, "generator"), url)
+        os.replace(tmp, path)
+    except DownloadError as e:
+        raise InputError(f"{e}; set {URL_VARIABLE} to a mirror, or place the file at {path} by hand") from None
+    except InputError as e:
+        raise InputError(f"{url}: the download is not a pix2pix generator ({e}); nothing was kept") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+        tmp.with_name(tmp.name + ".part").unlink(missing_ok=True)
+    return path
+
+
+def load_generator(weights, device="cpu") -> tuple[Generator, dict]:
+    """A ready Generator from a training checkpoint, a G.pt, an official pix2pix file, or the name of
+    an official pretrained generator (downloaded once into weights/). Returns (G, config dict)."""
+    weights = str(weights)
+    path = Path(weights)
+    if weights in PRETRAINED and not path.exists():
+        path = fetch_pretrained(weights)
+    G, config = build_generator(safe_load(path, "generator"), str(path),
+                                {"direction": PRETRAINED.get(path.stem, "AtoB")})
+    return G.to(device), config

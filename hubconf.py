@@ -8,8 +8,7 @@ dependencies = ["torch", "torchvision", "numpy", "PIL", "tqdm"]
 def generator(weights=None, device="cpu", **kwargs):
     """The U-Net-256 generator: loaded from `weights` (a checkpoint, G.pt, an official .pth, or
     'sat2map' / 'map2sat'), or freshly initialised with Generator(**kwargs) when weights is None."""
-    from generator import Generator, init_weights
-    from predict import load_generator
+    from generator import Generator, init_weights, load_generator
     if weights is None:
         return init_weights(Generator(**kwargs)).to(device)
     return load_generator(str(weights), device)[0]

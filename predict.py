@@ -1,7 +1,8 @@
 """Translate satellite images of any size into maps with a trained or pretrained generator.
 
-    python predict.py --weights weights/maps/G.pt --input photo.jpg --output out/
-    python predict.py --weights sat2map --input folder/ --output out/ --eval --scale 0.43
+    python predict.py --weights weights/maps/G.pt --input photo.jpg --out out/
+    python predict.py --weights sat2map --input folder/ --out out/ --eval --scale 0.43
+    python predict.py --weights sat2map --input data/maps/val --pairs --out out/
 
 Images larger than one tile run as overlapping tiles blended with a smooth window, so no seams
 show; sizes that are not a multiple of the tile are padded by reflection and cropped back.
@@ -16,39 +17,15 @@ from PIL import Image
 from tqdm import tqdm
 
 import dataset
-from generator import Generator, inference, load_generator_state
-from utils import fail, pick_device, safe_load, to_image, to_tensor
-
-PRETRAINED_URL = "http://efrosgans.eecs.berkeley.edu/pix2pix/models-pytorch/{}.pth"
-PRETRAINED = {"sat2map": "AtoB", "map2sat": "BtoA"}  # official maps generators and their direction
-
-
-def load_generator(weights: str, device="cpu") -> tuple[Generator, dict]:
-    """A ready Generator from a training checkpoint, a G.pt, an official pix2pix file, or the name of
-    an official pretrained generator (downloaded once into weights/). Returns (G, config dict)."""
-    path = Path(weights)
-    if weights in PRETRAINED and not path.exists():
-        path = Path("weights") / f"{weights}.pth"
-        if not path.exists():
-            try:
-                dataset.fetch(PRETRAINED_URL.format(weights), path)
-            except dataset.DataError as e:
-                fail(f"{e}; place the file at {path} by hand to use it offline")
-    state = safe_load(path, "generator")
-    config = state.get("config", {}) if "G" in state else {}
-    config.setdefault("direction", PRETRAINED.get(path.stem, "AtoB"))
-    G = Generator(3, 3, config.get("ngf", 64), config.get("norm", "batch"), config.get("dropout", 0.5))
-    try:
-        load_generator_state(G, state.get("G", state), str(path))
-    except ValueError as e:
-        if path.stem in PRETRAINED and "G" not in state:
-            path.unlink()  # a bad download: fetch it again next time
-        fail(str(e))
-    return G.to(device), config
-
+from config import WEIGHTS_HELP, add_device, command_parser
+from generator import inference, load_generator
+from utils import InputError, pick_device, run_command, save_image, to_image, to_tensor
 
 def pad_reflect(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """Pad (N, C, H, W) at the bottom and right to (h, w) by reflection (repeated for tiny images)."""
+    if min(x.shape[-2:]) == 1:  # a 1-px side has nothing to reflect: repeat it once, then reflect
+        x = F.pad(x, (0, int(x.shape[-1] < w and x.shape[-1] == 1), 0, int(x.shape[-2] < h and x.shape[-2] == 1)),
+                  mode="replicate")
     while x.shape[-2] < h or x.shape[-1] < w:
         dh, dw = min(h - x.shape[-2], x.shape[-2] - 1), min(w - x.shape[-1], x.shape[-1] - 1)
         x = F.pad(x, (0, dw, 0, dh), mode="reflect")
@@ -93,11 +70,41 @@ def translate(G, x: torch.Tensor, tile=256, overlap=64, paper=True, seed=0, batc
     return (out / weight)[..., :H, :W]
 
 
+def input_files(src: Path) -> list[Path]:
+    """The images to translate: one file, or a folder's images (sorted)."""
+    if src.is_dir():
+        files = dataset.images_in(src)
+        if not files:
+            raise InputError(f"--input {src}: no .jpg/.jpeg/.png images in this folder")
+        return files
+    if not src.is_file():
+        raise InputError(f"--input {src}: no such file or folder")
+    return [src]
+
+
+def input_half(img: Image.Image, pairs: bool, direction: str, path: Path) -> Image.Image:
+    """With --pairs, the direction's input half of an A|B image; otherwise the whole image (with a
+    hint when it looks like a pair)."""
+    if not pairs:
+        if img.width == 2 * img.height:
+            print(f"note: {path} is exactly twice as wide as high; if it is an A|B pair, pass --pairs "
+                  f"to translate only its input half", file=sys.stderr)
+        return img
+    if img.width % 2:
+        raise dataset.DataError(f"{path}: odd width {img.width} (--pairs expects A|B halves of equal width)")
+    half = img.width // 2
+    return img.crop((0, 0, half, img.height) if direction == "AtoB" else (half, 0, img.width, img.height))
+
+
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[1], allow_abbrev=False)
-    p.add_argument("--weights", required=True, help="last.pt, G.pt, an official .pth, or sat2map / map2sat")
+    p = command_parser(__doc__.split("\n")[0])
+    p.add_argument("--weights", required=True, help=WEIGHTS_HELP)
     p.add_argument("--input", required=True, help="an image file or a folder of images")
-    p.add_argument("--output", required=True, help="folder for the translated PNGs (same file stems)")
+    p.add_argument("--out", required=True, help="folder for the translated PNGs (same file stems)")
+    p.add_argument("--pairs", action="store_true", help="inputs are A|B pairs (a dataset split): "
+                   "translate only the input half that --direction names")
+    p.add_argument("--direction", choices=["AtoB", "BtoA"], help="with --pairs: which half is the input "
+                   "(default: the weights' direction)")
     p.add_argument("--eval", action="store_true", help="running BatchNorm statistics, no dropout "
                    "(deterministic); default is the paper's test-time mode, seeded")
     p.add_argument("--seed", type=int, default=0, help="seed of the paper mode's dropout")
@@ -106,27 +113,30 @@ def main(argv=None):
     p.add_argument("--scale", type=float, default=1.0, help="resize inputs by this factor first "
                    "(maps were trained on 600 px tiles shown at 256 px: 256/600 = 0.43 matches that zoom)")
     p.add_argument("--batch", type=int, default=8, help="tiles per forward pass with --eval")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="where to run")
+    add_device(p)
     args = p.parse_args(argv)
-    if args.tile % 256 or not 0 <= args.overlap < args.tile:
-        p.error("--tile must be a multiple of 256 and --overlap in [0, tile)")
-    if args.scale <= 0:
-        p.error("--scale must be positive")
+    if args.tile < 256 or args.tile % 256:
+        p.error(f"--tile {args.tile}: expected a positive multiple of 256")
+    if not 0 <= args.overlap < args.tile:
+        p.error(f"--overlap {args.overlap}: expected a value in [0, --tile)")
+    if not 0 < args.scale <= 64:
+        p.error(f"--scale {args.scale}: expected a factor in (0, 64]")
+    if args.batch < 1:
+        p.error(f"--batch {args.batch}: expected at least 1")
+    files = input_files(Path(args.input))
     device = pick_device(args.device)
-    G, _ = load_generator(args.weights, device)
-    src = Path(args.input)
-    files = dataset.images_in(src) if src.is_dir() else [src]
-    if not files or not src.exists():
-        fail(f"{src}: no images found (expected an image file or a folder of .jpg/.jpeg/.png)")
-    out_dir = Path(args.output)
+    G, config = load_generator(args.weights, device)
+    direction = args.direction or config["direction"]
+    out_dir = Path(args.out)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"--out {out_dir}: is a file, expected a folder")
     out_dir.mkdir(parents=True, exist_ok=True)
     failed = 0
     for f in tqdm(files, desc="translate", unit="img"):
         try:
-            img = dataset.load_rgb(f)
-            img.load()
-        except (OSError, SyntaxError, ValueError) as e:
-            print(f"\n{f}: skipped, not a readable image ({str(e).splitlines()[0][:120]})", file=sys.stderr)
+            img = input_half(dataset.load_rgb(f), args.pairs, direction, f)
+        except dataset.DataError as e:
+            tqdm.write(f"{e}: skipped", file=sys.stderr)
             failed += 1
             continue
         if args.scale != 1.0:
@@ -134,10 +144,10 @@ def main(argv=None):
                              Image.BICUBIC)
         y = translate(G, to_tensor(img)[None].to(device), args.tile, args.overlap, not args.eval, args.seed,
                       args.batch)
-        to_image(y[0]).save(out_dir / f"{f.stem}.png")
+        save_image(to_image(y[0]), out_dir / f"{f.stem}.png")
     print(f"translated {len(files) - failed} of {len(files)} image(s) into {out_dir}")
-    sys.exit(1 if failed else 0)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main))

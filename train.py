@@ -24,10 +24,14 @@ import dataset
 from config import ARCH_FIELDS, Config, parse_config
 from discriminator import Discriminator
 from generator import Generator, init_weights, inference
-from utils import (amp_dtype, atomic_save, fail, gather_objects, init_distributed, pick_device,
-                   rng_state, safe_load, save_grid, seed_everything, set_rng_state)
+from utils import (InputError, amp_dtype, atomic_save, atomic_write_text, gather_objects, init_distributed,
+                   pick_device, protect_output, rng_state, run_command, safe_load, save_grid, seed_everything,
+                   set_rng_state)
 
 CKPT_VERSION = 1
+# Everything a training checkpoint holds besides the objects with a state_dict (see `state` in main)
+CKPT_KEYS = ("version", "step", "epoch", "config", "rng", "data", "G", "D", "opt_G", "opt_D", "sched_G",
+             "sched_D", "scaler")
 
 # ----------------------------------------------------------------------------------------------------
 # Helpers
@@ -89,7 +93,7 @@ def sample_batch(pairs, cfg: Config) -> torch.Tensor:
         if len(out) == cfg.num_samples:
             break
     if not out:
-        fail(f"{cfg.data_root}: no decodable validation pair for the sample grid")
+        raise InputError(f"{cfg.data_root}: no decodable validation pair for the sample grid")
     return torch.stack(out)
 
 
@@ -103,15 +107,26 @@ def epoch_batches(train, rows: torch.Tensor, cfg: Config):
 
 
 def check_compatible(ckpt: dict, cfg: Config, path):
-    """A checkpoint continues only under the architecture it was trained with."""
-    if ckpt.get("version") != CKPT_VERSION or not {"G", "D", "opt_G", "opt_D", "step"} <= ckpt.keys():
-        fail(f"{path}: not a sat2map training checkpoint (version {CKPT_VERSION} with G, D, opt_G, opt_D, step)")
-    saved = ckpt.get("config", {})
+    """A checkpoint continues only if it holds every piece of state, under the same architecture."""
+    missing = [k for k in CKPT_KEYS if k not in ckpt]
+    if ckpt.get("version") != CKPT_VERSION or missing:
+        raise InputError(f"{path}: not a complete sat2map training checkpoint (expected version {CKPT_VERSION}"
+                         + (f"; missing {', '.join(missing)})" if missing else f", found {ckpt.get('version')})"))
+    saved = ckpt["config"] if isinstance(ckpt["config"], dict) else {}
     diff = [f"--{k.replace('_', '-')} {saved.get(k)} in the checkpoint, {getattr(cfg, k)} now"
             for k in ARCH_FIELDS if saved.get(k) != getattr(cfg, k)]
     if diff:
-        fail(f"{path}: checkpoint architecture differs from the flags: {'; '.join(diff)} "
-             f"(pass the checkpoint's values, or a new --run-dir)")
+        raise InputError(f"{path}: checkpoint architecture differs from the flags: {'; '.join(diff)} "
+                         f"(pass the checkpoint's values, or a new --run-dir)")
+
+
+def check_same_data(ckpt: dict, pairs: int, cfg: Config, path):
+    """The data order is a function of (seed, epoch, number of pairs): a changed dataset would silently
+    continue a different stream, so it takes --allow-data-change."""
+    saved = ckpt["data"].get("pairs") if isinstance(ckpt["data"], dict) else None
+    if saved != pairs and not cfg.allow_data_change:
+        raise InputError(f"{path}: the checkpoint was trained on {saved} pairs, {cfg.data_root} now has {pairs}; "
+                         f"the data order would change (pass --allow-data-change to continue anyway)")
 
 
 def find_resume(cfg: Config) -> Path | None:
@@ -132,11 +147,12 @@ def trim_metrics(path: Path, step: int):
 
 
 class StopFlag:
-    """Set by SIGINT/SIGTERM; the loop saves and exits at the end of the current step."""
+    """Set by SIGINT, SIGTERM or SIGHUP (a closed terminal); the loop saves and exits at the end of the
+    current step."""
 
     def __init__(self):
         self.set = False
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, self.handle)
 
     def handle(self, signum, frame):
@@ -184,24 +200,30 @@ def gan_step(G_train, D_train, D, opt_G, opt_D, scaler, real_A, real_B, cfg: Con
 
 
 def main(cfg: Config):
+    protect_output()  # a closed pipe or terminal must never stop training or skip the final save
     rank, world = init_distributed()
     is_main = rank == 0
     device = pick_device(cfg.device)
     run_dir = Path(cfg.run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise InputError(f"--run-dir {run_dir}: is a file, expected a folder")
     resume = find_resume(cfg)
-    if is_main:
-        print(cfg.to_json())
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(cfg.to_json() + "\n")
     ckpt = None
     if resume is not None:
         ckpt = safe_load(resume)
         check_compatible(ckpt, cfg, resume)
+    dtype = amp_dtype(cfg.amp, device)
+    memory_format = torch.channels_last if cfg.channels_last != "off" else torch.contiguous_format
+    resolved = {"device": str(device), "amp": {None: "off", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype],
+                "channels_last": "on" if memory_format == torch.channels_last else "off", "world_size": world}
 
-    try:
-        train, val = load_data(cfg, rank)
-    except dataset.DataError as e:
-        fail(str(e))
+    train, val = load_data(cfg, rank)
+    if ckpt is not None:
+        check_same_data(ckpt, len(train), cfg, resume)
+    if is_main:  # only now: a refused resume must leave the run folder as it was
+        print(json.dumps({**cfg.to_dict(), "resolved": resolved}, indent=2))
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "config.json", json.dumps({**cfg.to_dict(), "resolved": resolved}, indent=2) + "\n")
     if isinstance(train, dataset.CachedPairs) and device.type == "cuda":
         train.to(device)  # jitter runs on the GPU: one tensor slice per image, no host work per step
 
@@ -212,24 +234,24 @@ def main(cfg: Config):
     seed_everything(cfg.seed + rank)  # then a dropout stream of its own per process
     if cfg.sync_bn and world > 1:
         G, D = (nn.SyncBatchNorm.convert_sync_batchnorm(m) for m in (G, D))
-    memory_format = torch.channels_last if cfg.channels_last != "off" else torch.contiguous_format
     G, D = G.to(memory_format=memory_format), D.to(memory_format=memory_format)
     adam = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=device.type in ("cpu", "cuda") or None)
     opt_G, opt_D = torch.optim.Adam(G.parameters(), **adam), torch.optim.Adam(D.parameters(), **adam)
     sched_G = torch.optim.lr_scheduler.LambdaLR(opt_G, lr_lambda(cfg))
     sched_D = torch.optim.lr_scheduler.LambdaLR(opt_D, lr_lambda(cfg))
-    dtype = amp_dtype(cfg.amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    # What a checkpoint holds besides step, RNG, config and data: adding state is one line here
+    state = {"G": G, "D": D, "opt_G": opt_G, "opt_D": opt_D, "sched_G": sched_G, "sched_D": sched_D,
+             "scaler": scaler}
 
     step = 0
     if ckpt is not None:
-        G.load_state_dict(ckpt["G"])
-        D.load_state_dict(ckpt["D"])
-        opt_G.load_state_dict(ckpt["opt_G"])
-        opt_D.load_state_dict(ckpt["opt_D"])
-        sched_G.load_state_dict(ckpt["sched_G"])
-        sched_D.load_state_dict(ckpt["sched_D"])
-        scaler.load_state_dict(ckpt["scaler"])
+        for key, obj in state.items():
+            try:
+                obj.load_state_dict(ckpt[key])
+            except (RuntimeError, ValueError, KeyError, TypeError) as e:
+                raise InputError(f"{resume}: its {key} does not fit this run "
+                                 f"({(str(e).splitlines() or [''])[0][:160]})") from None
         rngs = ckpt["rng"]
         set_rng_state(rngs[rank] if rank < len(rngs) else rngs[0])
         step = ckpt["step"]
@@ -246,7 +268,7 @@ def main(cfg: Config):
 
     steps_per_epoch = len(train) // (cfg.batch_size * world)
     if steps_per_epoch == 0:
-        fail(f"{cfg.data_root}: {len(train)} training pairs, fewer than one step of "
+        raise InputError(f"{cfg.data_root}: {len(train)} training pairs, fewer than one step of "
              f"--batch-size {cfg.batch_size} x {world} process(es)")
     total = (cfg.epochs + cfg.epochs_decay) * steps_per_epoch
     end = min(total, cfg.max_steps) if cfg.max_steps else total
@@ -256,13 +278,11 @@ def main(cfg: Config):
         rngs = gather_objects(rng_state())
         if not is_main:
             return
-        state = {"version": CKPT_VERSION, "step": step, "epoch": step // steps_per_epoch,
-                 "G": G.state_dict(), "D": D.state_dict(), "opt_G": opt_G.state_dict(),
-                 "opt_D": opt_D.state_dict(), "sched_G": sched_G.state_dict(),
-                 "sched_D": sched_D.state_dict(), "scaler": scaler.state_dict(),
-                 "config": cfg.to_dict(), "rng": rngs,
-                 "data": {"seed": cfg.seed, "steps_per_epoch": steps_per_epoch, "pairs": len(train)}}
-        atomic_save(state, run_dir / "last.pt")
+        ckpt = {"version": CKPT_VERSION, "step": step, "epoch": step // steps_per_epoch,
+                "config": cfg.to_dict(), "rng": rngs,
+                "data": {"seed": cfg.seed, "steps_per_epoch": steps_per_epoch, "pairs": len(train)},
+                **{key: obj.state_dict() for key, obj in state.items()}}
+        atomic_save(ckpt, run_dir / "last.pt")
         atomic_save({"version": CKPT_VERSION, "G": G.state_dict(), "config": cfg.to_dict()}, run_dir / "G.pt")
 
     def sample():
@@ -279,6 +299,8 @@ def main(cfg: Config):
     log_path = run_dir / "metrics.jsonl"
     sums = torch.zeros(3, device=device)  # running loss sums, read back only when logged
     t_log, n_log, t_start = time.perf_counter(), 0, time.perf_counter()
+    if step == 0:
+        sample()  # the untrained generator: every later grid is compared with this one
     bar = tqdm(total=end, initial=step, disable=not is_main, unit="step", dynamic_ncols=True)
     while step < end and not stop.set:
         epoch, first = divmod(step, steps_per_epoch)
@@ -296,7 +318,9 @@ def main(cfg: Config):
             if step % steps_per_epoch == 0:
                 sched_G.step()
                 sched_D.step()
-            if step % cfg.log_every == 0 or step == end:
+            stopping = stop.agreed(device)
+            last = stopping or step == end
+            if step % cfg.log_every == 0 or last:
                 if dist.is_initialized():
                     dist.all_reduce(sums)
                     sums /= world
@@ -313,12 +337,11 @@ def main(cfg: Config):
                                     G_l1=f"{means[2]:.3f}")
                 sums.zero_()
                 t_log, n_log = now, 0
-            if step % cfg.sample_every == 0 or step == end:
+            if step % cfg.sample_every == 0 or last:
                 sample()
-            stopping = stop.agreed(device)
-            if step % cfg.save_every == 0 or step == end or stopping:
+            if step % cfg.save_every == 0 or last:
                 save()
-            if stopping or step >= end:
+            if last:
                 break
     bar.close()
     if is_main:
@@ -329,4 +352,4 @@ def main(cfg: Config):
 
 
 if __name__ == "__main__":
-    main(parse_config(sys.argv[1:]))
+    run_command(lambda argv: main(parse_config(argv)), sys.argv[1:])

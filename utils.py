@@ -3,8 +3,10 @@
 Seeding and RNG state, device choice, atomic saves and safe loads, image <-> tensor conversion,
 sample grids, and the few torch.distributed calls the trainer needs.
 """
+import errno
 import os
 import random
+import sys
 import tempfile
 from pathlib import Path
 
@@ -15,9 +17,69 @@ from PIL import Image
 from torchvision.utils import make_grid
 
 
-def fail(message: str):
-    """Exit with a one-line error instead of a traceback (for bad input, not for bugs)."""
-    raise SystemExit(f"error: {message}")
+class InputError(ValueError):
+    """Bad input (a file, a flag, the data): the message names it and says what was expected.
+    Library code raises it; only a command's main turns it into one line and an exit status."""
+
+
+def run_command(main, argv=None):
+    """Run a command's main(argv): bad input, a failing file system or Ctrl-C before the command's own
+    handling end as one line on stderr and a non-zero exit status, never a traceback."""
+    for stream in (sys.stdout, sys.stderr):  # file names need not be UTF-8; never crash printing one
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+    try:
+        return main(argv)
+    except InputError as e:
+        sys.exit(f"error: {e}")
+    except OSError as e:
+        if e.errno in (errno.EPIPE,):
+            os._exit(1)  # the reader went away (`| head`): nothing left to tell anyone
+        where = f"{e.filename}: " if e.filename else ""
+        sys.exit(f"error: {where}{e.strerror or e}")
+    except KeyboardInterrupt:
+        sys.exit("error: interrupted")
+
+
+class SafeStream:
+    """A text stream whose writes never raise. When its reader goes away (`| tee log` stopped by
+    Ctrl-C, `| head`, a closed terminal) the file descriptor is pointed at /dev/null, so neither a
+    later print, a progress bar nor the interpreter's final flush can fail."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def _dropped(self):
+        try:
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, self.stream.fileno())
+            os.close(null)
+        except (OSError, ValueError, AttributeError):
+            pass
+
+    def write(self, text):
+        try:
+            return self.stream.write(text)
+        except (OSError, ValueError):
+            self._dropped()
+            return len(text)
+
+    def flush(self):
+        try:
+            self.stream.flush()
+        except (OSError, ValueError):
+            self._dropped()
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
+def protect_output():
+    """Make stdout and stderr safe to write to whatever happens to their readers."""
+    if sys.stdout is not None and not isinstance(sys.stdout, SafeStream):
+        sys.stdout = SafeStream(sys.stdout)
+    if sys.stderr is not None and not isinstance(sys.stderr, SafeStream):
+        sys.stderr = SafeStream(sys.stderr)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -64,9 +126,9 @@ def pick_device(name: str = "auto") -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
-        fail("--device cuda: no CUDA device is visible to PyTorch (use --device cpu or auto)")
+        raise InputError("--device cuda: no CUDA device is visible to PyTorch (use --device cpu or auto)")
     if name == "mps" and not torch.backends.mps.is_available():
-        fail("--device mps: MPS is not available on this machine (use --device cpu or auto)")
+        raise InputError("--device mps: MPS is not available on this machine (use --device cpu or auto)")
     if name == "cuda" and dist.is_initialized():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     return torch.device(name)
@@ -108,18 +170,29 @@ def atomic_save(obj, path):
         os.close(dir_fd)
 
 
+def atomic_write_text(path, text: str):
+    """Write a small text file through a temp file and os.replace."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def safe_load(path, what="checkpoint"):
     """torch.load with weights_only=True (files from the internet must not run code), with a clear
     error for a missing, truncated or foreign file."""
     path = Path(path)
     if not path.is_file():
-        fail(f"{path}: no such {what} file")
+        raise InputError(f"{path}: no such {what} file")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: empty file, not a PyTorch {what}")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        fail(f"{path}: not a readable PyTorch {what} ({type(e).__name__}: {str(e).splitlines()[0][:200]})")
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise InputError(f"{path}: not a readable PyTorch {what} ({type(e).__name__}: {first})") from None
     if not isinstance(obj, dict):
-        fail(f"{path}: expected a dict of tensors, found {type(obj).__name__}")
+        raise InputError(f"{path}: expected a dict of tensors, found {type(obj).__name__}")
     return obj
 
 
@@ -138,14 +211,23 @@ def to_image(x: torch.Tensor) -> Image.Image:
     return Image.fromarray(x.permute(1, 2, 0).numpy())
 
 
+def save_image(img: Image.Image, path, **kw):
+    """img.save to a temp file next to path, then os.replace: a reader never sees half an image."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
+    try:
+        img.save(tmp, **kw)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def save_grid(rows, path, nrow=None):
     """Save image tensors in [-1, 1] (N, 3, H, W) as one PNG grid, nrow images per row."""
     x = torch.cat([r.detach().float().cpu() for r in rows])
     grid = make_grid(x, nrow=nrow or len(rows), padding=2, normalize=True, value_range=(-1, 1))
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp.png")
-    Image.fromarray(grid.mul(255).round().byte().permute(1, 2, 0).numpy()).save(tmp)
-    os.replace(tmp, path)
+    save_image(Image.fromarray(grid.mul(255).round().byte().permute(1, 2, 0).numpy()), path)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -7,12 +7,13 @@ import torch
 
 from config import parse_config
 from conftest import ROOT, make_ab, make_dataset, train
+from utils import InputError
 
 
 def error_of(*args) -> str:
-    with pytest.raises(SystemExit) as e:
+    with pytest.raises(InputError) as e:
         train(*args)
-    return str(e.value.code)
+    return str(e.value)
 
 
 def plant(data, name, content=None, **kw):
@@ -71,7 +72,7 @@ def test_resume_from_something_that_is_not_a_checkpoint(tmp_path, data):
     assert f"{junk}: not a readable PyTorch checkpoint" in error_of(
         "--data-root", data, "--run-dir", tmp_path / "r", "--resume", junk)
     torch.save({"weights": torch.zeros(1)}, junk)
-    assert "not a sat2map training checkpoint" in error_of(
+    assert "not a complete sat2map training checkpoint" in error_of(
         "--data-root", data, "--run-dir", tmp_path / "r", "--resume", junk)
     assert "no such checkpoint file" in error_of(
         "--data-root", data, "--run-dir", tmp_path / "r", "--resume", tmp_path / "missing.pt")

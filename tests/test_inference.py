@@ -82,7 +82,7 @@ def test_official_file_reproduced_through_predict_eval(tmp_path):
     (tmp_path / "in").mkdir()
     Image.fromarray(img).save(tmp_path / "in" / "tile.png")
     r = subprocess.run([sys.executable, "predict.py", "--weights", str(tmp_path / "latest_net_G.pth"), "--input",
-                        str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--eval"],
+                        str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--eval"],
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     got = np.asarray(Image.open(tmp_path / "out" / "tile.png")).astype(np.float32)
@@ -222,9 +222,9 @@ def test_predict_folder_reports_unreadable_and_translates_the_rest(tmp_path):
     make_ab(tmp_path / "in" / "small.jpg", w=60, h=40)
     (tmp_path / "in" / "broken.jpg").write_bytes(b"nope")
     r = subprocess.run([sys.executable, "predict.py", "--weights", str(tmp_path / "G.pt"), "--input",
-                        str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--scale", "0.5"],
+                        str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--scale", "0.5"],
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 1 and f"{tmp_path / 'in' / 'broken.jpg'}: skipped" in r.stderr
+    assert r.returncode == 1 and f"{tmp_path / 'in' / 'broken.jpg'}: not an image PIL can read: skipped" in r.stderr
     assert Image.open(tmp_path / "out" / "good.png").size == (150, 100)
     assert Image.open(tmp_path / "out" / "small.png").size == (30, 20)
 
