@@ -142,9 +142,13 @@ def drop_bad(pairs, problems, skip_bad: bool, where) -> list[Pair]:
 
 
 def open_split(root, split, skip_bad=False, full=False) -> list[Pair]:
-    """List and check one split; a bad file stops us here unless skip_bad."""
-    pairs, problems = list_pairs(root, split)
-    return drop_bad(pairs, problems + scan(pairs, full), skip_bad, Path(root) / split)
+    """List and check one split; a bad file stops us here unless skip_bad. A refusal after the quick
+    header scan decodes everything first, so one report names every bad file, not just the first kind."""
+    pairs, listed = list_pairs(root, split)
+    problems = listed + scan(pairs, full)
+    if problems and not full and not skip_bad:
+        problems = listed + scan(pairs, True)
+    return drop_bad(pairs, problems, skip_bad, Path(root) / split)
 
 
 # ----------------------------------------------------------------------------------------------------
