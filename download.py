@@ -83,7 +83,7 @@ def fetch(url: str, dest, timeout=20.0, retries=5, backoff=1.0, max_wait=120.0) 
         delay = backoff * 2 ** attempt
         if attempt == retries or time.monotonic() - first_failure + delay > max_wait:
             break
-        print(f"{url}: {reason}; retry {attempt + 1} of {retries} in {delay:.0f} s", file=sys.stderr)
+        print(f"{url}: {reason}; retry {attempt + 1} of {retries} in {delay:.3g} s", file=sys.stderr)
         time.sleep(delay)
     raise DownloadError(f"{url}: download failed after {attempt + 1} tries ({reason})")
 

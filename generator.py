@@ -206,8 +206,10 @@ URL_VARIABLE = "SAT2MAP_PRETRAINED_URL"  # a mirror (or a local server) serving 
 
 def build_generator(state: dict, source: str, config: dict | None = None) -> tuple[Generator, dict]:
     """A Generator holding `state` (ours, a training checkpoint's, or the official layout), built with
-    the widths its config names. Returns (G, config with at least 'direction')."""
-    config = dict(state.get("config", {}) if "G" in state else config or {})
+    the widths its saved config names; `config` gives defaults for what it does not say. Returns
+    (G, config with at least 'direction')."""
+    saved = state.get("config") if "G" in state else None
+    config = {**(config or {}), **(saved if isinstance(saved, dict) else {})}
     try:
         G = Generator(3, 3, int(config.get("ngf", 64)), config.get("norm", "batch"),
                       float(config.get("dropout", 0.5)))
