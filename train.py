@@ -29,9 +29,8 @@ from utils import (InputError, amp_dtype, atomic_save, atomic_write_text, gather
                    set_rng_state)
 
 CKPT_VERSION = 1
-# Everything a training checkpoint holds besides the objects with a state_dict (see `state` in main)
-CKPT_KEYS = ("version", "step", "epoch", "config", "rng", "data", "G", "D", "opt_G", "opt_D", "sched_G",
-             "sched_D", "scaler")
+# What a training checkpoint holds besides the state_dict of each object in main's `state`
+CKPT_KEYS = ("version", "step", "epoch", "config", "rng", "data")
 
 # ----------------------------------------------------------------------------------------------------
 # Helpers
@@ -106,9 +105,9 @@ def epoch_batches(train, rows: torch.Tensor, cfg: Config):
         num_workers=cfg.workers, pin_memory=torch.cuda.is_available()))
 
 
-def check_compatible(ckpt: dict, cfg: Config, path):
+def check_compatible(ckpt: dict, cfg: Config, path, state_keys=()):
     """A checkpoint continues only if it holds every piece of state, under the same architecture."""
-    missing = [k for k in CKPT_KEYS if k not in ckpt]
+    missing = [k for k in CKPT_KEYS + tuple(state_keys) if k not in ckpt]
     if ckpt.get("version") != CKPT_VERSION or missing:
         raise InputError(f"{path}: not a complete sat2map training checkpoint (expected version {CKPT_VERSION}"
                          + (f"; missing {', '.join(missing)})" if missing else f", found {ckpt.get('version')})"))
@@ -211,7 +210,7 @@ def main(cfg: Config):
     ckpt = None
     if resume is not None:
         ckpt = safe_load(resume)
-        check_compatible(ckpt, cfg, resume)
+        check_compatible(ckpt, cfg, resume)  # before the data is loaded: a refusal should come fast
     dtype = amp_dtype(cfg.amp, device)
     memory_format = torch.channels_last if cfg.channels_last != "off" else torch.contiguous_format
     resolved = {"device": str(device), "amp": {None: "off", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype],
@@ -220,10 +219,6 @@ def main(cfg: Config):
     train, val = load_data(cfg, rank)
     if ckpt is not None:
         check_same_data(ckpt, len(train), cfg, resume)
-    if is_main:  # only now: a refused resume must leave the run folder as it was
-        print(json.dumps({**cfg.to_dict(), "resolved": resolved}, indent=2))
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / "config.json", json.dumps({**cfg.to_dict(), "resolved": resolved}, indent=2) + "\n")
     if isinstance(train, dataset.CachedPairs) and device.type == "cuda":
         train.to(device)  # jitter runs on the GPU: one tensor slice per image, no host work per step
 
@@ -246,6 +241,7 @@ def main(cfg: Config):
 
     step = 0
     if ckpt is not None:
+        check_compatible(ckpt, cfg, resume, tuple(state))
         for key, obj in state.items():
             try:
                 obj.load_state_dict(ckpt[key])
@@ -255,7 +251,11 @@ def main(cfg: Config):
         rngs = ckpt["rng"]
         set_rng_state(rngs[rank] if rank < len(rngs) else rngs[0])
         step = ckpt["step"]
-        if is_main:
+    if is_main:  # only now: a refused resume must leave the run folder as it was
+        print(json.dumps({**cfg.to_dict(), "resolved": resolved}, indent=2))
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "config.json", json.dumps({**cfg.to_dict(), "resolved": resolved}, indent=2) + "\n")
+        if ckpt is not None:
             print(f"resuming from {resume} at step {step}")
             trim_metrics(run_dir / "metrics.jsonl", step)
     G_train, D_train = G, D
