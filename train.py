@@ -139,10 +139,18 @@ def find_resume(cfg: Config) -> Path | None:
 
 
 def trim_metrics(path: Path, step: int):
-    """Drop log rows past the checkpoint we resume from: those steps are about to be redone."""
+    """Drop log rows past the checkpoint we resume from (those steps are about to be redone), and a
+    row torn by a crash in mid-write."""
+
+    def keep(row: str) -> bool:
+        try:
+            return json.loads(row)["step"] <= step
+        except (ValueError, KeyError, TypeError):
+            return False
+
     if path.exists():
-        rows = [r for r in path.read_text().splitlines() if r.strip() and json.loads(r)["step"] <= step]
-        path.write_text("".join(r + "\n" for r in rows))
+        rows = [r for r in path.read_text(errors="replace").splitlines() if keep(r)]
+        atomic_write_text(path, "".join(r + "\n" for r in rows))
 
 
 class StopFlag:

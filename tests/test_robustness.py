@@ -136,6 +136,14 @@ def test_changed_dataset_is_refused_unless_allowed(tmp_path, data):
     assert ckpt["step"] == 4 and ckpt["data"]["pairs"] == 5
 
 
+def test_resume_after_a_torn_metrics_row(tmp_path, data):
+    train("--data-root", data, "--run-dir", tmp_path / "r", "--max-steps", 2)
+    with open(tmp_path / "r" / "metrics.jsonl", "a") as f:
+        f.write('{"step": 3, "loss_D": 0.')  # the crash came in mid-write
+    train("--data-root", data, "--run-dir", tmp_path / "r", "--max-steps", 3)
+    assert [r["step"] for r in rows(tmp_path / "r")] == [1, 2, 3]
+
+
 def test_checkpoint_missing_pieces_and_empty_file_are_named(tmp_path, data):
     ckpt = train("--data-root", data, "--run-dir", tmp_path / "r", "--max-steps", 1)
     del ckpt["sched_G"], ckpt["scaler"]
