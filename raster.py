@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import dataset
-from generator import inference
+from generator import inference, tta
 from utils import InputError
 
 RASTER_EXTS = (".tif", ".tiff", ".vrt", ".img", ".jp2")  # what a folder listing treats as rasters
@@ -63,37 +63,25 @@ def window(tile: int, device) -> torch.Tensor:
     return (w[:, None] * w[None, :])[None, None]
 
 
-def dihedral(x: torch.Tensor, k: int, inverse: bool = False) -> torch.Tensor:
-    """The k-th of the 8 flips/rotations of (N, C, H, W) square tiles (k = 0 is the identity)."""
-    if inverse:
-        return torch.rot90(x, -(k % 4), (-2, -1)).flip(-1) if k >= 4 else torch.rot90(x, -(k % 4), (-2, -1))
-    return torch.rot90(x.flip(-1) if k >= 4 else x, k % 4, (-2, -1))
+def tile_seed(seed: int, y: int, x: int) -> int:
+    """Dropout seed of one tile, fixed by its place in the image: a tile computed twice (at a block
+    edge) or in a different order gives the same output."""
+    return ((seed * 1_000_003 + y) * 1_000_003 + x) & (2 ** 63 - 1)
 
 
-def tile_seed(seed: int, y: int, x: int, k: int = 0) -> int:
-    """Dropout seed of one tile (and TTA variant), fixed by its place in the image: a tile computed
-    twice (at a block edge) or in a different order gives the same output."""
-    return ((seed * 1_000_003 + y) * 1_000_003 + x) * 8 + k & (2 ** 63 - 1)
-
-
-def run_tiles(G, tiles: torch.Tensor, places: list, paper: bool, seed: int, batch: int, tta: bool):
+def run_tiles(G, tiles: torch.Tensor, places: list, paper: bool, seed: int, batch: int, use_tta: bool):
     """G on tiles (N, 3, t, t) inside an `inference` context. Paper mode: every tile (and every TTA
-    variant) is its own batch, so BatchNorm sees that tile's statistics, as a training crop did.
-    --eval: up to `batch` images per forward pass. tta averages the 8 flips/rotations."""
-    variants = range(8) if tta else range(1)
-    out = torch.zeros_like(tiles)
-    for k in variants:
-        xk = dihedral(tiles, k)
-        if paper:
-            yk = []
-            for t, (y, x) in zip(xk, places):
-                torch.manual_seed(tile_seed(seed, y, x, k))
-                yk.append(G(t[None]).float())
-            yk = torch.cat(yk)
-        else:
-            yk = torch.cat([G(xk[i:i + batch]).float() for i in range(0, len(xk), batch)])
-        out += dihedral(yk, k, inverse=True)
-    return out / len(variants)
+    variant) is its own batch, so BatchNorm sees that tile's statistics, as a training crop did, and its
+    dropout is seeded by its place. --eval: up to `batch` tiles per forward pass. use_tta averages the
+    8 flips/rotations."""
+    if paper:
+        out = []
+        for t, (y, x) in zip(tiles, places):
+            torch.manual_seed(tile_seed(seed, y, x))
+            out.append(tta(G, t[None], separate=True) if use_tta else G(t[None]).float())
+        return torch.cat(out)
+    run = (lambda chunk: tta(G, chunk)) if use_tta else (lambda chunk: G(chunk).float())
+    return torch.cat([run(tiles[i:i + batch]) for i in range(0, len(tiles), batch)])
 
 
 def fill_invalid(t: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -632,7 +620,7 @@ def predict_raster(G, ds, path: Path, out_dir: Path, opts: Options, progress: bo
         raise InputError(f"{path}: --scale on a raster needs georeferencing to map the result back "
                          f"onto its grid (convert it to PNG to resize it plainly)")
     width, height = max(1, round(ds.width * scale)), max(1, round(ds.height * scale))
-    transform = ds.transform * ds.transform.scale(ds.width / width, ds.height / height)
+    transform = ds.transform @ ds.transform.scale(ds.width / width, ds.height / height)
     has_mask = any(f.name in ("per_dataset", "alpha") for f in ds.mask_flag_enums[bands[0] - 1])
     with WarpedVRT(ds, crs=ds.crs, transform=transform, width=width, height=height, add_alpha=has_mask and ds.nodata is None,
                    resampling=Resampling.average if scale < 1 else Resampling.bilinear) as vrt:
