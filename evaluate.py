@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 import dataset
 from config import WEIGHTS_HELP, add_device, command_parser
-from generator import inference, load_generator
+from generator import inference, load_generator, tta
 from utils import InputError, pick_device, run_command, save_grid
 
 # Google-map palette of the maps set, calibrated on ../shared/maps_sample (see README): several
@@ -107,6 +107,7 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=None, help="pick grid samples at random with this seed "
                    "(default: the first by sorted name); also seeds the paper mode's dropout")
     p.add_argument("--eval", action="store_true", help="running BatchNorm statistics, no dropout")
+    p.add_argument("--tta", action="store_true", help="average the output over the 8 flips/rotations of each input")
     p.add_argument("--direction", choices=["AtoB", "BtoA"], help="override the weights' direction")
     p.add_argument("--fid", action="store_true", help="also compute FID (needs local Inception weights)")
     add_device(p)
@@ -137,7 +138,7 @@ def main(argv=None):
             continue
         real_A, real_B = (x[:, :3], x[:, 3:]) if direction == "AtoB" else (x[:, 3:], x[:, :3])
         with inference(G, paper=not args.eval, seed=(args.seed or 0) + i):
-            fake_B = G(real_A).float()
+            fake_B = tta(G, real_A, separate=not args.eval) if args.tta else G(real_A).float()
         m = pixel_metrics(fake_B, real_B)
         rows.append({"name": pair.name, **{k: v.item() for k, v in m.items()}})
         iou.update(fake_B, real_B)

@@ -137,6 +137,26 @@ def inference(G: nn.Module, paper: bool = True, seed: int = 0):
             m.train(training)
 
 
+def dihedral(x: torch.Tensor, k: int, inverse: bool = False) -> torch.Tensor:
+    """The k-th of the 8 flips/rotations of square images (N, C, H, W), k = 0 the identity; inverse
+    undoes it."""
+    if inverse:
+        x = torch.rot90(x, -(k % 4), (-2, -1))
+        return x.flip(-1) if k >= 4 else x
+    return torch.rot90(x.flip(-1) if k >= 4 else x, k % 4, (-2, -1))
+
+
+def tta(G: nn.Module, x: torch.Tensor, separate: bool = False) -> torch.Tensor:
+    """G's output averaged over the 8 flips/rotations of x (test-time augmentation), in float32.
+    separate: every image of every variant is its own batch (the paper mode's BatchNorm statistics)."""
+    out = 0
+    for k in range(8):
+        xk = dihedral(x, k)
+        yk = torch.cat([G(t[None]) for t in xk]) if separate else G(xk)
+        out = out + dihedral(yk.float(), k, inverse=True)
+    return out / 8
+
+
 # ----------------------------------------------------------------------------------------------------
 # The official pix2pix checkpoint layout (UnetGenerator of junyanz/pytorch-CycleGAN-and-pix2pix)
 

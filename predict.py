@@ -1,118 +1,57 @@
-"""Translate satellite images of any size into maps with a trained or pretrained generator.
+"""Translate satellite images or GeoTIFF scenes of any size into maps with a trained or pretrained generator.
 
     python predict.py --weights weights/maps/G.pt --input photo.jpg --out out/
     python predict.py --weights sat2map --input folder/ --out out/ --eval --scale 0.43
     python predict.py --weights sat2map --input data/maps/val --pairs --out out/
+    python predict.py --weights sat2map --input scene.tif --out out/ --bands 3,2,1 --gsd 1.2 --eval
 
-Images larger than one tile run as overlapping tiles blended with a smooth window, so no seams
-show; sizes that are not a multiple of the tile are padded by reflection and cropped back.
+PNG/JPEG go through PIL, anything else GDAL reads (GeoTIFF, VRT, JP2, ...) through rasterio, window by
+window; both run the tile engine of raster.py (overlapping tiles blended with a smooth window). A
+georeferenced input gives OUT/<stem>.tif on its own grid, masked where it has no data.
 """
-import argparse
 import sys
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
-from PIL import Image
-from tqdm import tqdm
-
 import dataset
+import raster
 from config import WEIGHTS_HELP, add_device, command_parser
-from generator import inference, load_generator
-from utils import InputError, pick_device, run_command, save_image, to_image, to_tensor
-
-def pad_reflect(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """Pad (N, C, H, W) at the bottom and right to (h, w) by reflection (repeated for tiny images)."""
-    if min(x.shape[-2:]) == 1:  # a 1-px side has nothing to reflect: repeat it once, then reflect
-        x = F.pad(x, (0, int(x.shape[-1] < w and x.shape[-1] == 1), 0, int(x.shape[-2] < h and x.shape[-2] == 1)),
-                  mode="replicate")
-    while x.shape[-2] < h or x.shape[-1] < w:
-        dh, dw = min(h - x.shape[-2], x.shape[-2] - 1), min(w - x.shape[-1], x.shape[-1] - 1)
-        x = F.pad(x, (0, dw, 0, dh), mode="reflect")
-    return x
-
-
-def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
-    """Tile offsets covering [0, size) with at least `overlap` px shared; the last one ends at size."""
-    if size <= tile:
-        return [0]
-    stride = tile - overlap
-    starts = list(range(0, size - tile, stride))
-    return starts + [size - tile]
-
-
-def window(tile: int, device) -> torch.Tensor:
-    """Separable Hann window, strictly positive so every pixel has weight even at the image border."""
-    w = torch.hann_window(tile + 2, periodic=False, device=device)[1:-1]
-    return (w[:, None] * w[None, :])[None, None]
-
-
-def translate(G, x: torch.Tensor, tile=256, overlap=64, paper=True, seed=0, batch=8) -> torch.Tensor:
-    """G over one image (1, 3, H, W) in [-1, 1] of any size; returns (1, 3, H, W).
-    In the paper's test-time mode every tile is its own batch, as in training with batch 1 (BatchNorm
-    uses that tile's statistics); with --eval tiles are batched."""
-    _, _, H, W = x.shape
-    ph, pw = max(H, tile), max(W, tile)  # larger sizes need no padding: the last tile ends at the edge
-    xp = pad_reflect(x, ph, pw)
-    ys, xs = tile_starts(ph, tile, overlap), tile_starts(pw, tile, overlap)
-    boxes = [(y, x0) for y in ys for x0 in xs]
-    out = torch.zeros_like(xp)
-    weight = torch.zeros_like(xp[:, :1])
-    win = window(tile, x.device)
-    step = 1 if paper else batch
-    with inference(G, paper=paper, seed=seed):
-        for i in range(0, len(boxes), step):
-            chunk = boxes[i:i + step]
-            y_hat = G(torch.cat([xp[..., y:y + tile, x0:x0 + tile] for y, x0 in chunk]))
-            for (y, x0), t in zip(chunk, y_hat):
-                out[..., y:y + tile, x0:x0 + tile] += t.float() * win[0]
-                weight[..., y:y + tile, x0:x0 + tile] += win[0]
-    return (out / weight)[..., :H, :W]
-
-
-def input_files(src: Path) -> list[Path]:
-    """The images to translate: one file, or a folder's images (sorted)."""
-    if src.is_dir():
-        files = dataset.images_in(src)
-        if not files:
-            raise InputError(f"--input {src}: no .jpg/.jpeg/.png images in this folder")
-        return files
-    if not src.is_file():
-        raise InputError(f"--input {src}: no such file or folder")
-    return [src]
-
-
-def input_half(img: Image.Image, pairs: bool, direction: str, path: Path) -> Image.Image:
-    """With --pairs, the direction's input half of an A|B image; otherwise the whole image (with a
-    hint when it looks like a pair)."""
-    if not pairs:
-        if img.width == 2 * img.height:
-            print(f"note: {path} is exactly twice as wide as high; if it is an A|B pair, pass --pairs "
-                  f"to translate only its input half", file=sys.stderr)
-        return img
-    if img.width % 2:
-        raise dataset.DataError(f"{path}: odd width {img.width} (--pairs expects A|B halves of equal width)")
-    half = img.width // 2
-    return img.crop((0, 0, half, img.height) if direction == "AtoB" else (half, 0, img.width, img.height))
+from generator import load_generator
+from utils import InputError, pick_device, run_command
 
 
 def main(argv=None):
     p = command_parser(__doc__.split("\n")[0])
     p.add_argument("--weights", required=True, help=WEIGHTS_HELP)
-    p.add_argument("--input", required=True, help="an image file or a folder of images")
-    p.add_argument("--out", required=True, help="folder for the translated PNGs (same file stems)")
+    p.add_argument("--input", required=True, help="an image or raster file, or a folder of them")
+    p.add_argument("--out", required=True, help="folder for the results (same file stems)")
+    p.add_argument("--format", choices=["png", "tif"], help="output format (default: tif, a Cloud-Optimized "
+                   "GeoTIFF, for georeferenced rasters; png otherwise)")
     p.add_argument("--pairs", action="store_true", help="inputs are A|B pairs (a dataset split): "
                    "translate only the input half that --direction names")
     p.add_argument("--direction", choices=["AtoB", "BtoA"], help="with --pairs: which half is the input "
                    "(default: the weights' direction)")
     p.add_argument("--eval", action="store_true", help="running BatchNorm statistics, no dropout "
-                   "(deterministic); default is the paper's test-time mode, seeded")
+                   "(deterministic, tiles batched); default is the paper's test-time mode, seeded, one tile per batch")
     p.add_argument("--seed", type=int, default=0, help="seed of the paper mode's dropout")
+    p.add_argument("--tta", action="store_true", help="average each tile over its 8 flips/rotations (8x slower)")
+    p.add_argument("--bands", help="rasters: the 1-based bands fed as R,G,B, e.g. 3,2,1 (one band: grey); "
+                   "default: the bands marked red, green, blue, else 1,2,3")
+    p.add_argument("--stretch", help="rasters: LOW,HIGH percentiles mapped to 0 and 255 per band, for data that "
+                   "is not uint8 (default 2,98; given, it applies to uint8 too)")
+    p.add_argument("--range", dest="value_range", help="rasters: MIN,MAX values mapped to 0 and 255 "
+                   "instead of the percentile stretch")
+    p.add_argument("--gsd", type=float, help="rasters: resample to this many metres per pixel before translating; "
+                   "the result is written back on the input's grid")
+    p.add_argument("--scale", type=float, default=1.0, help="resize inputs by this factor first (maps were "
+                   "trained on 600 px tiles shown at 256 px: 256/600 = 0.43 matches that zoom); rasters are "
+                   "written back on their own grid, PNG/JPEG at the new size")
     p.add_argument("--tile", type=int, default=256, help="tile size in px, a multiple of 256")
     p.add_argument("--overlap", type=int, default=64, help="px shared by neighbouring tiles")
-    p.add_argument("--scale", type=float, default=1.0, help="resize inputs by this factor first "
-                   "(maps were trained on 600 px tiles shown at 256 px: 256/600 = 0.43 matches that zoom)")
     p.add_argument("--batch", type=int, default=8, help="tiles per forward pass with --eval")
+    p.add_argument("--block", type=int, default=4096, help="width in px of the column blocks a raster is "
+                   "translated in; memory grows with it, never with the raster")
+    p.add_argument("--max-megapixels", type=float, default=dataset.MAX_PIXELS / 1e6,
+                   help="PNG/JPEG larger than this are refused (PIL's guard against decompression bombs)")
     add_device(p)
     args = p.parse_args(argv)
     if args.tile < 256 or args.tile % 256:
@@ -121,32 +60,54 @@ def main(argv=None):
         p.error(f"--overlap {args.overlap}: expected a value in [0, --tile)")
     if not 0 < args.scale <= 64:
         p.error(f"--scale {args.scale}: expected a factor in (0, 64]")
+    if args.gsd is not None and not 0 < args.gsd < 1e6:
+        p.error(f"--gsd {args.gsd}: expected a positive ground resolution in metres per pixel")
+    if args.gsd is not None and args.scale != 1.0:
+        p.error("--gsd and --scale both set the working resolution: give one of them")
     if args.batch < 1:
         p.error(f"--batch {args.batch}: expected at least 1")
-    files = input_files(Path(args.input))
+    if args.block < 256 or args.block % 256:
+        p.error(f"--block {args.block}: expected a positive multiple of 256")
+    if args.max_megapixels <= 0:
+        p.error(f"--max-megapixels {args.max_megapixels}: expected a positive number")
+    opts = options(args, p)
+    files = raster.input_files(Path(args.input))
     device = pick_device(args.device)
     G, config = load_generator(args.weights, device)
-    direction = args.direction or config["direction"]
+    opts.direction = args.direction or config["direction"]
     out_dir = Path(args.out)
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"--out {out_dir}: is a file, expected a folder")
     out_dir.mkdir(parents=True, exist_ok=True)
     failed = 0
-    for f in tqdm(files, desc="translate", unit="img"):
+    for f in raster.tqdm(files, desc="translate", unit="img", disable=len(files) == 1):
         try:
-            img = input_half(dataset.load_rgb(f), args.pairs, direction, f)
-        except dataset.DataError as e:
-            tqdm.write(f"{e}: skipped", file=sys.stderr)
+            raster.predict_file(G, f, out_dir, opts)
+        except InputError as e:  # dataset.DataError is one too
+            raster.report(f"{e}: skipped")
             failed += 1
-            continue
-        if args.scale != 1.0:
-            img = img.resize((max(1, round(img.width * args.scale)), max(1, round(img.height * args.scale))),
-                             Image.BICUBIC)
-        y = translate(G, to_tensor(img)[None].to(device), args.tile, args.overlap, not args.eval, args.seed,
-                      args.batch)
-        save_image(to_image(y[0]), out_dir / f"{f.stem}.png")
-    print(f"translated {len(files) - failed} of {len(files)} image(s) into {out_dir}")
+    print(f"translated {len(files) - failed} of {len(files)} input(s) into {out_dir}")
     return 1 if failed else 0
+
+
+def options(args, p) -> raster.Options:
+    """The per-file options from the parsed flags; malformed lists are a one-line usage error."""
+    try:
+        bands = None if args.bands is None else raster.parse_list(args.bands, "--bands", int)
+        stretch = raster.parse_list(args.stretch or "2,98", "--stretch", float, 2)
+        value_range = None if args.value_range is None else raster.parse_list(args.value_range, "--range", float, 2)
+    except InputError as e:
+        p.error(str(e))
+    if not 0 <= stretch[0] < stretch[1] <= 100:
+        p.error(f"--stretch {args.stretch}: expected LOW,HIGH percentiles with 0 <= LOW < HIGH <= 100")
+    if value_range is not None and not value_range[0] < value_range[1]:
+        p.error(f"--range {args.value_range}: expected MIN,MAX with MIN < MAX")
+    if value_range is not None and args.stretch is not None:
+        p.error("--range and --stretch both set the value scaling: give one of them")
+    engine = raster.Engine(args.tile, args.overlap, not args.eval, args.seed, args.batch, args.tta, args.block)
+    return raster.Options(engine, bands, tuple(stretch), args.stretch is not None,
+                          None if value_range is None else tuple(value_range), args.scale, args.gsd, args.format,
+                          args.pairs, max_pixels=round(args.max_megapixels * 1e6))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,633 @@
+"""Raster reading and writing, and the tile engine that translates any image window by window.
+
+    python predict.py --weights sat2map --input scene.tif --out out/ --bands 3,2,1 --gsd 1.2
+
+predict.py is the command; this file does the work. An input is read as a *source* (a GDAL raster
+through rasterio, or a decoded PNG/JPEG), translated in overlapping tiles blended with a Hann window,
+and written to a *sink* (a GeoTIFF on the input's grid, a PNG, or a tensor). A raster is never held
+whole: the engine walks column blocks of at most `block` px, and inside each block rows of tiles; a
+row of output is written as soon as no later tile touches it, so memory depends on the tile and the
+block, not on the raster.
+"""
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+import dataset
+from generator import inference, tta
+from utils import InputError
+
+RASTER_EXTS = (".tif", ".tiff", ".vrt", ".img", ".jp2")  # what a folder listing treats as rasters
+GDAL_CACHE_MB = 32  # GDAL's block cache counts in our memory; the engine never needs more than this
+SAMPLE_WINDOWS = 10  # the stretch samples SAMPLE_WINDOWS^2 windows, one in each cell of a grid
+SAMPLE_SIZE = 64  # px side of a sampling window
+OVERVIEW_PIXELS = 1 << 20  # an overview this small or smaller is read whole for the stretch
+SHOW_TILES = 32  # a per-file tile progress bar appears from this many tiles on
+
+
+# ----------------------------------------------------------------------------------------------------
+# Tiles and blending
+
+
+def pad_reflect(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Pad (N, C, H, W) at the bottom and right to (h, w) by reflection (repeated for tiny images)."""
+    if min(x.shape[-2:]) == 1:  # a 1-px side has nothing to reflect: repeat it once, then reflect
+        x = F.pad(x, (0, int(x.shape[-1] < w and x.shape[-1] == 1), 0, int(x.shape[-2] < h and x.shape[-2] == 1)),
+                  mode="replicate")
+    while x.shape[-2] < h or x.shape[-1] < w:
+        dh, dw = min(h - x.shape[-2], x.shape[-2] - 1), min(w - x.shape[-1], x.shape[-1] - 1)
+        x = F.pad(x, (0, dw, 0, dh), mode="reflect")
+    return x
+
+
+def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
+    """Tile offsets covering [0, size) with at least `overlap` px shared; the last one ends at size."""
+    if size <= tile:
+        return [0]
+    stride = tile - overlap
+    starts = list(range(0, size - tile, stride))
+    return starts + [size - tile]
+
+
+def window(tile: int, device) -> torch.Tensor:
+    """Separable Hann window, strictly positive so every pixel has weight even at the image border."""
+    w = torch.hann_window(tile + 2, periodic=False, device=device)[1:-1]
+    return (w[:, None] * w[None, :])[None, None]
+
+
+def tile_seed(seed: int, y: int, x: int) -> int:
+    """Dropout seed of one tile, fixed by its place in the image: a tile computed twice (at a block
+    edge) or in a different order gives the same output."""
+    return ((seed * 1_000_003 + y) * 1_000_003 + x) & (2 ** 63 - 1)
+
+
+def run_tiles(G, tiles: torch.Tensor, places: list, paper: bool, seed: int, batch: int, use_tta: bool):
+    """G on tiles (N, 3, t, t) inside an `inference` context. Paper mode: every tile (and every TTA
+    variant) is its own batch, so BatchNorm sees that tile's statistics, as a training crop did, and its
+    dropout is seeded by its place. --eval: up to `batch` tiles per forward pass. use_tta averages the
+    8 flips/rotations."""
+    if paper:
+        out = []
+        for t, (y, x) in zip(tiles, places):
+            torch.manual_seed(tile_seed(seed, y, x))
+            out.append(tta(G, t[None], separate=True) if use_tta else G(t[None]).float())
+        return torch.cat(out)
+    run = (lambda chunk: tta(G, chunk)) if use_tta else (lambda chunk: G(chunk).float())
+    return torch.cat([run(tiles[i:i + batch]) for i in range(0, len(tiles), batch)])
+
+
+def fill_invalid(t: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Tile (3, h, w) with its invalid pixels set to the mean of its valid ones, so nodata values
+    (0, -9999, ...) reach neither the network nor, in the paper mode, its BatchNorm statistics."""
+    mean = (t * valid).sum((1, 2), keepdim=True) / valid.sum()
+    return torch.where(valid, t, mean)
+
+
+@dataclass
+class Engine:
+    """How tiles are run: size, overlap, test-time mode, batching, TTA, and the column block width."""
+    tile: int = 256
+    overlap: int = 64
+    paper: bool = True
+    seed: int = 0
+    batch: int = 8
+    tta: bool = False
+    block: int = 4096
+
+    def run(self, G, source, sink, progress: bool = False) -> int:
+        """Translate source into sink; returns the number of valid output pixels."""
+        H, W, t = source.height, source.width, self.tile
+        ys, xs = tile_starts(max(H, t), t, self.overlap), tile_starts(max(W, t), t, self.overlap)
+        device = next(G.parameters()).device
+        win = window(t, device)[0]
+        blocks = [(x0, min(W, x0 + self.block)) for x0 in range(0, W, self.block)]
+        cols = [[x for x in xs if x < x1 and x + t > x0] for x0, x1 in blocks]
+        total = len(ys) * sum(map(len, cols))
+        bar = tqdm(total=total, desc="tiles", unit="tile", leave=False, disable=not progress or total < SHOW_TILES)
+        valid_pixels, pixels, start = 0, 0, time.perf_counter()
+        with inference(G, paper=self.paper, seed=self.seed):
+            for (x0, x1), block_cols in zip(blocks, cols):
+                cx0, cx1 = block_cols[0], block_cols[-1] + t
+                acc = torch.zeros(3, t, cx1 - cx0, device=device)
+                weight = torch.zeros(1, t, cx1 - cx0, device=device)
+                for r, y in enumerate(ys):
+                    image, valid = source.read(y, min(y + t, H), cx0, min(cx1, W))
+                    image, valid = pad_reflect(torch.cat([image, valid[None].float()])[None], t, cx1 - cx0)[0].split(3)
+                    valid = valid[0] > 0.5
+                    self._accumulate(G, image.to(device), valid.to(device), y, cx0, block_cols, acc, weight, win)
+                    bar.update(len(block_cols))
+                    end = ys[r + 1] if r + 1 < len(ys) else H  # rows above `end` get no more tiles
+                    rows, span = slice(0, end - y), slice(x0 - cx0, x1 - cx0)
+                    w = weight[:, rows, span]
+                    done = (w[0] > 0) & valid[rows, span].to(device)
+                    sink.write(y, x0, (acc[:, rows, span] / w.clamp_min(1e-12)).cpu(), done.cpu())
+                    valid_pixels += int(done.sum())
+                    pixels += (end - y) * (x1 - x0)
+                    if end < H:
+                        self._shift(acc, weight, ys[r + 1] - y)
+                    if not bar.disable:
+                        bar.set_postfix_str(f"{pixels / 1e6 / (time.perf_counter() - start):.2f} MP/s", refresh=False)
+        bar.close()
+        return valid_pixels
+
+    def _accumulate(self, G, image, valid, y, cx0, block_cols, acc, weight, win):
+        """Run the tiles of one tile row and add them, windowed and weighted by their share of valid
+        pixels, into the block's accumulators. Tiles without a valid pixel are not run at all."""
+        t = self.tile
+        tiles, places, shares = [], [], []
+        for x in block_cols:
+            v = valid[:, x - cx0:x - cx0 + t]
+            share = v.float().mean().item()
+            if share == 0:
+                continue
+            tile = image[:, :, x - cx0:x - cx0 + t]
+            tiles.append(tile if share == 1 else fill_invalid(tile, v))
+            places.append((y, x))
+            shares.append(share)
+        if not tiles:
+            return
+        out = run_tiles(G, torch.stack(tiles), places, self.paper, self.seed, self.batch, self.tta)
+        for o, (_, x), share in zip(out, places, shares):
+            acc[:, :, x - cx0:x - cx0 + t] += o * (win * share)
+            weight[:, :, x - cx0:x - cx0 + t] += win * share
+
+    @staticmethod
+    def _shift(acc, weight, rows: int):
+        """Move the accumulators up by `rows` (the rows just written) and clear the bottom."""
+        for a in (acc, weight):
+            a[:, :-rows] = a[:, rows:].clone()
+            a[:, -rows:] = 0
+
+
+class TensorSource:
+    """An image (3, H, W) in memory, every pixel valid: float in [-1, 1], or uint8 (a decoded PNG/JPEG,
+    converted window by window so no float copy of the whole image is made)."""
+
+    def __init__(self, x: torch.Tensor):
+        self.x, self.height, self.width = x, x.shape[-2], x.shape[-1]
+
+    def read(self, y0, y1, x0, x1):
+        part = self.x[:, y0:y1, x0:x1]
+        part = part.float() / 127.5 - 1 if part.dtype == torch.uint8 else part.float()
+        return part, torch.ones(part.shape[1:], dtype=torch.bool)
+
+
+class TensorSink:
+    """Collects the output as one float tensor (3, H, W) in [-1, 1]."""
+
+    def __init__(self, height, width, device="cpu"):
+        self.out = torch.zeros(3, height, width, device=device)
+
+    def write(self, y, x, rgb, valid):
+        self.out[:, y:y + rgb.shape[1], x:x + rgb.shape[2]] = rgb.to(self.out.device)
+
+
+def to_uint8(rgb: torch.Tensor) -> np.ndarray:
+    """(3, h, w) in [-1, 1] -> uint8 rounded to the nearest level, as utils.to_image does."""
+    return ((rgb.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
+
+
+class ArraySink:
+    """Collects the output as uint8 (H, W, 3), a quarter of a float copy: the PNG/JPEG path."""
+
+    def __init__(self, height, width):
+        self.out = np.zeros((height, width, 3), dtype=np.uint8)
+
+    def write(self, y, x, rgb, valid):
+        self.out[y:y + rgb.shape[1], x:x + rgb.shape[2]] = to_uint8(rgb).transpose(1, 2, 0)
+
+
+def translate(G, x: torch.Tensor, tile=256, overlap=64, paper=True, seed=0, batch=8, tta=False) -> torch.Tensor:
+    """G over one image (1, 3, H, W) in [-1, 1] of any size, held in memory; returns (1, 3, H, W)."""
+    sink = TensorSink(x.shape[-2], x.shape[-1], x.device)
+    Engine(tile, overlap, paper, seed, batch, tta, block=max(x.shape[-1], 1)).run(G, TensorSource(x[0]), sink)
+    return sink.out[None]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Reading rasters: bands, value scaling, masks
+
+
+def rasterio_env():
+    """GDAL settings for the raster path: a small block cache (it is part of our peak memory unless
+    GDAL_CACHEMAX is set), no .aux.xml side files, masks stored inside the TIFF."""
+    import rasterio
+    options = {"GDAL_PAM_ENABLED": "NO", "GDAL_TIFF_INTERNAL_MASK": "YES"}
+    if "GDAL_CACHEMAX" not in os.environ:
+        options["GDAL_CACHEMAX"] = GDAL_CACHE_MB
+    return rasterio.Env(**options)
+
+
+def open_raster(path: Path):
+    """Open a raster GDAL can read, or raise InputError naming the file."""
+    import rasterio
+    from rasterio.errors import RasterioError
+    try:
+        ds = rasterio.open(path)
+    except (RasterioError, OSError) as e:
+        first = (str(e).splitlines() or [type(e).__name__])[0][:160]
+        raise InputError(f"{path}: not a raster GDAL can read ({first})") from None
+    if ds.count == 0 or ds.width == 0 or ds.height == 0:
+        ds.close()
+        raise InputError(f"{path}: has no bands or no pixels")
+    return ds
+
+
+def parse_list(text: str, flag: str, kind=float, count: int | None = None) -> list:
+    """'3,2,1' -> [3, 2, 1]; a clear InputError naming the flag otherwise."""
+    try:
+        values = [kind(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise InputError(f"{flag} {text!r}: expected comma-separated {kind.__name__} values") from None
+    if count is not None and len(values) != count:
+        raise InputError(f"{flag} {text!r}: expected {count} comma-separated values")
+    return values
+
+
+def pick_bands(ds, requested: list[int] | None, path) -> list[int]:
+    """The three 1-based bands fed to the model: `requested` (one band is repeated as grey), else the
+    red, green and blue bands by colour interpretation, else the first three bands that are not
+    alpha (a single band is repeated as grey)."""
+    from rasterio.enums import ColorInterp
+    if requested is not None:
+        if not requested:
+            raise InputError(f"{path}: --bands leaves no band to translate (expected 3 bands, or 1 for grey)")
+        bad = [b for b in requested if not 1 <= b <= ds.count]
+        if bad:
+            raise InputError(f"{path}: --bands {','.join(map(str, requested))}: band {bad[0]} is out of range "
+                             f"(this raster has bands 1..{ds.count})")
+        if len(requested) not in (1, 3):
+            raise InputError(f"{path}: --bands names {len(requested)} bands; expected 3 (R,G,B) or 1 (grey)")
+        return requested * 3 if len(requested) == 1 else requested
+    interp = list(ds.colorinterp)
+    rgb = [interp.index(c) + 1 for c in (ColorInterp.red, ColorInterp.green, ColorInterp.blue) if c in interp]
+    if len(rgb) == 3:
+        return rgb
+    data = [i + 1 for i, c in enumerate(interp) if c != ColorInterp.alpha]
+    if not data:
+        raise InputError(f"{path}: no bands left to translate (its only bands are alpha)")
+    if len(data) == 2:
+        raise InputError(f"{path}: 2 data bands; pass --bands B (grey) or three bands such as --bands 1,2,2")
+    return data[:3] if len(data) >= 3 else data * 3
+
+
+def valid_mask(ds, bands: list[int], window, data: np.ndarray | None = None) -> np.ndarray:
+    """Bool (h, w): True where every chosen band is valid (GDAL's nodata, mask and alpha, and finite
+    values for float data)."""
+    valid = np.all(ds.read_masks(sorted(set(bands)), window=window) > 0, axis=0)
+    if data is not None and np.issubdtype(data.dtype, np.floating):
+        valid &= np.all(np.isfinite(data), axis=0)
+    return valid
+
+
+def stretch_limits(ds, bands: list[int], low: float, high: float, path) -> tuple[np.ndarray, np.ndarray, int]:
+    """Per-band (low, high) percentiles of the valid pixels, from an overview when the raster has one
+    of at most OVERVIEW_PIXELS, else from a stratified sample of small windows (one per cell of a
+    SAMPLE_WINDOWS^2 grid), falling back to scanning blocks when the sample holds no valid pixel.
+    Never reads the whole raster at full resolution. Returns (lo, hi, pixels read per band)."""
+    values = sample_values(ds, bands, path)
+    lo = np.array([np.percentile(v, low) for v in values], dtype=np.float64)
+    hi = np.array([np.percentile(v, high) for v in values], dtype=np.float64)
+    return lo, np.maximum(hi, lo + 1e-6), len(values[0])
+
+
+def sample_values(ds, bands: list[int], path) -> list[np.ndarray]:
+    """Valid values of each chosen band from an overview, a window sample, or a block scan."""
+    from rasterio.windows import Window
+    overviews = ds.overviews(bands[0])
+    small = [f for f in overviews if math.ceil(ds.width / f) * math.ceil(ds.height / f) <= OVERVIEW_PIXELS]
+    if small:
+        shape = (math.ceil(ds.height / small[0]), math.ceil(ds.width / small[0]))
+        windows = [(None, shape)]
+    else:
+        rng = np.random.default_rng(0)
+        n = SAMPLE_WINDOWS
+        size_y, size_x = min(SAMPLE_SIZE, ds.height), min(SAMPLE_SIZE, ds.width)
+        windows = []
+        for i in range(n):
+            for j in range(n):
+                y0 = int(i * (ds.height - size_y) / n + rng.integers(0, max(1, (ds.height - size_y) // n + 1)))
+                x0 = int(j * (ds.width - size_x) / n + rng.integers(0, max(1, (ds.width - size_x) // n + 1)))
+                windows.append((Window(min(x0, ds.width - size_x), min(y0, ds.height - size_y), size_x, size_y), None))
+    values = collect(ds, bands, windows)
+    if not len(values[0]):  # valid pixels may be rare: look for them block by block
+        values = collect(ds, bands, ((w, None) for _, w in ds.block_windows(bands[0])),
+                         limit=SAMPLE_WINDOWS ** 2 * SAMPLE_SIZE ** 2)
+    if not len(values[0]):
+        raise InputError(f"{path}: every pixel of bands {','.join(map(str, bands))} is nodata or masked; "
+                         f"nothing to translate")
+    return values
+
+
+def collect(ds, bands: list[int], windows, limit: int | None = None) -> list[np.ndarray]:
+    """The valid values of each band in the given (window, out_shape) reads, up to `limit` pixels."""
+    chosen = sorted(set(bands))
+    found = {b: [] for b in chosen}
+    count = 0
+    for win, shape in windows:
+        shape = None if shape is None else (len(chosen), *shape)
+        data = ds.read(chosen, window=win, out_shape=shape)
+        masks = ds.read_masks(chosen, window=win, out_shape=shape)
+        valid = np.all(masks > 0, axis=0)
+        if np.issubdtype(data.dtype, np.floating):
+            valid &= np.all(np.isfinite(data), axis=0)
+        for b, band in zip(chosen, data):
+            found[b].append(band[valid].astype(np.float64))
+        count += int(valid.sum())
+        if limit and count >= limit:
+            break
+    return [np.concatenate(found[b]) for b in bands]
+
+
+class RasterSource:
+    """Three bands of a rasterio dataset, scaled to [-1, 1]: uint8 as it is, anything else through
+    (value - lo) / (hi - lo) per band, clipped; plus the validity mask."""
+
+    def __init__(self, ds, bands: list[int], lo=None, hi=None):
+        self.ds, self.bands = ds, bands
+        self.height, self.width = ds.height, ds.width
+        self.lo = None if lo is None else torch.tensor(lo, dtype=torch.float32).view(3, 1, 1)
+        self.hi = None if hi is None else torch.tensor(hi, dtype=torch.float32).view(3, 1, 1)
+
+    def read(self, y0, y1, x0, x1):
+        from rasterio.windows import Window
+        win = Window(x0, y0, x1 - x0, y1 - y0)
+        data = self.ds.read(self.bands, window=win)
+        valid = torch.from_numpy(valid_mask(self.ds, self.bands, win, data))
+        if self.lo is None:
+            x = torch.from_numpy(data).float() / 127.5 - 1
+        else:
+            x = torch.from_numpy(np.nan_to_num(data.astype(np.float32)))
+            x = ((x - self.lo) / (self.hi - self.lo)).clamp(0, 1) * 2 - 1
+        return x, valid
+
+
+# ----------------------------------------------------------------------------------------------------
+# Writing rasters
+
+
+def tiff_profile(width, height, crs=None, transform=None, count=3) -> dict:
+    """A tiled, compressed uint8 GTiff for the working output (512 px blocks, fast deflate)."""
+    profile = {"driver": "GTiff", "width": width, "height": height, "count": count, "dtype": "uint8",
+               "tiled": True, "blockxsize": 512, "blockysize": 512, "compress": "deflate", "zlevel": 1,
+               "photometric": "RGB" if count == 3 else "MINISBLACK", "BIGTIFF": "IF_SAFER"}
+    if crs is not None:
+        profile["crs"] = crs
+    if transform is not None:
+        profile["transform"] = transform
+    return profile
+
+
+class GeoTiffSink:
+    """Writes uint8 RGB windows and their validity into an open GTiff: as its internal mask, or as a
+    4th (alpha) band for PNG output."""
+
+    def __init__(self, dst, alpha: bool = False):
+        self.dst, self.alpha = dst, alpha
+
+    def write(self, y, x, rgb, valid):
+        from rasterio.windows import Window
+        h, w = rgb.shape[1:]
+        win = Window(x, y, w, h)
+        pixels = to_uint8(rgb)
+        mask = valid.numpy().astype(np.uint8) * 255
+        pixels[:, mask == 0] = 0
+        self.dst.write(pixels, indexes=[1, 2, 3], window=win)
+        if self.alpha:
+            self.dst.write(mask, 4, window=win)
+        else:
+            self.dst.write_mask(mask, window=win)
+
+
+def create_tiff(path: Path, width, height, crs, transform, alpha: bool):
+    """Open a new working GTiff for GeoTiffSink (RGB, plus alpha when `alpha`)."""
+    import rasterio
+    from rasterio.enums import ColorInterp
+    dst = rasterio.open(path, "w", **tiff_profile(width, height, crs, transform, 4 if alpha else 3))
+    if alpha:
+        dst.colorinterp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha]
+    return dst
+
+
+def publish(work: Path, out: Path, fmt: str):
+    """Turn the working GTiff into the final file: a Cloud-Optimized GeoTIFF (deflate, 512 px tiles,
+    overviews; a plain tiled GTiff with overviews where GDAL has no COG driver) or a PNG, written
+    under a temp name in the output folder and renamed into place."""
+    import rasterio
+    import rasterio.shutil
+    tmp = out.with_name(f".{out.name}.tmp{out.suffix}")
+    try:
+        if fmt == "png":
+            rasterio.shutil.copy(work, tmp, driver="PNG")
+        elif has_driver("COG"):
+            rasterio.shutil.copy(work, tmp, driver="COG", COMPRESS="DEFLATE", BLOCKSIZE=512,
+                                 OVERVIEWS="AUTO", OVERVIEW_RESAMPLING="AVERAGE", BIGTIFF="IF_SAFER")
+        else:
+            with rasterio.open(work, "r+") as ds:
+                ds.build_overviews(overview_factors(ds.width, ds.height))
+            rasterio.shutil.copy(work, tmp, driver="GTiff", COPY_SRC_OVERVIEWS="YES", TILED="YES",
+                                 COMPRESS="DEFLATE", BLOCKXSIZE=512, BLOCKYSIZE=512, BIGTIFF="IF_SAFER")
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def has_driver(name: str) -> bool:
+    """Whether this GDAL build has the named driver."""
+    import rasterio
+    with rasterio.Env() as env:
+        return name in env.drivers()
+
+
+def overview_factors(width, height) -> list[int]:
+    """2, 4, 8, ... until the coarsest level fits in one 512 px tile."""
+    factors, f = [], 2
+    while max(width, height) / (f // 2) > 512:
+        factors.append(f)
+        f *= 2
+    return factors
+
+
+def resample_back(work: Path, ds, bands: list[int], target: Path, alpha: bool, rows: int = 512):
+    """Bring the working-resolution result back onto the input's grid (bilinear, through a GDAL warped
+    view, read window by window), masked where the input is invalid or the work had no data."""
+    from rasterio.enums import Resampling
+    from rasterio.vrt import WarpedVRT
+    from rasterio.windows import Window
+    import rasterio
+    with rasterio.open(work) as src, WarpedVRT(src, crs=ds.crs, transform=ds.transform, width=ds.width,
+                                               height=ds.height, resampling=Resampling.bilinear) as vrt, \
+            create_tiff(target, ds.width, ds.height, ds.crs, ds.transform, alpha) as dst:
+        for y in range(0, ds.height, rows):
+            win = Window(0, y, ds.width, min(rows, ds.height - y))
+            rgb = vrt.read([1, 2, 3], window=win)
+            valid = valid_mask(ds, bands, win) & (vrt.read_masks(1, window=win) > 0)
+            GeoTiffSink(dst, alpha).write(y, 0, torch.from_numpy(rgb).float() / 127.5 - 1, torch.from_numpy(valid))
+
+
+# ----------------------------------------------------------------------------------------------------
+# One input file, start to end
+
+
+@dataclass
+class Options:
+    """What predict.py asks for, per input file."""
+    engine: Engine
+    bands: list | None = None
+    stretch: tuple = (2.0, 98.0)
+    stretch_given: bool = False
+    value_range: tuple | None = None
+    scale: float = 1.0
+    gsd: float | None = None
+    fmt: str | None = None
+    pairs: bool = False
+    direction: str = "AtoB"
+    max_pixels: int | None = dataset.MAX_PIXELS
+
+
+def is_picture(path: Path) -> bool:
+    """PNG and JPEG go through PIL (EXIF orientation, palettes); everything else through GDAL."""
+    return path.suffix.lower() in dataset.IMG_EXTS
+
+
+def input_files(src: Path) -> list[Path]:
+    """The inputs to translate: one file, or a folder's images and rasters (sorted)."""
+    if src.is_dir():
+        files = sorted(p for p in src.iterdir() if p.is_file() and p.suffix.lower() in dataset.IMG_EXTS + RASTER_EXTS)
+        if not files:
+            raise InputError(f"--input {src}: no images ({', '.join(dataset.IMG_EXTS + RASTER_EXTS)}) in this folder")
+        return files
+    if not src.is_file():
+        raise InputError(f"--input {src}: no such file or folder")
+    return [src]
+
+
+def input_half(img, pairs: bool, direction: str, path: Path):
+    """With --pairs, the direction's input half of an A|B image; otherwise the whole image (with a
+    hint when it looks like a pair)."""
+    if not pairs:
+        if img.width == 2 * img.height:
+            report(f"note: {path} is exactly twice as wide as high; if it is an A|B pair, pass --pairs "
+                   f"to translate only its input half")
+        return img
+    if img.width % 2:
+        raise dataset.DataError(f"{path}: odd width {img.width} (--pairs expects A|B halves of equal width)")
+    half = img.width // 2
+    return img.crop((0, 0, half, img.height) if direction == "AtoB" else (half, 0, img.width, img.height))
+
+
+def is_georeferenced(ds) -> bool:
+    from affine import Affine
+    return ds.crs is not None or ds.transform != Affine.identity() or bool(ds.gcps[0])
+
+
+def ground_scale(ds, gsd: float, path) -> float:
+    """Factor from the raster's pixel size to `gsd` metres per pixel (< 1 shrinks)."""
+    if ds.crs is None:
+        raise InputError(f"{path}: --gsd needs a georeferenced raster with a CRS (use --scale instead)")
+    try:
+        unit, factor = ds.crs.linear_units_factor
+    except Exception:
+        raise InputError(f"{path}: --gsd needs a projected CRS in metres or feet; {ds.crs} is geographic "
+                         f"(reproject with gdalwarp -t_srs, or use --scale)") from None
+    res = math.sqrt(abs(ds.transform.a * ds.transform.e - ds.transform.b * ds.transform.d)) * factor
+    return res / gsd
+
+
+def predict_file(G, path: Path, out_dir: Path, opts: Options, progress: bool = True) -> Path:
+    """Translate one input into out_dir; returns the written file. Bad input raises InputError."""
+    if is_picture(path):
+        return predict_picture(G, path, out_dir, opts)
+    with rasterio_env():
+        ds = open_raster(path)
+        with ds:
+            return predict_raster(G, ds, path, out_dir, opts, progress)
+
+
+def predict_picture(G, path: Path, out_dir: Path, opts: Options) -> Path:
+    """A PNG/JPEG decoded whole as uint8 (PIL), translated by the same engine, saved as PNG (or TIFF)."""
+    from PIL import Image
+    from utils import save_image
+    img = input_half(dataset.load_rgb(path, opts.max_pixels), opts.pairs, opts.direction, path)
+    if opts.scale != 1.0:
+        img = img.resize((max(1, round(img.width * opts.scale)), max(1, round(img.height * opts.scale))),
+                         Image.BICUBIC)
+    source = TensorSource(torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1))
+    fmt = opts.fmt or "png"
+    out = out_dir / f"{path.stem}.{'tif' if fmt == 'tif' else 'png'}"
+    if fmt == "png":
+        sink = ArraySink(img.height, img.width)
+        opts.engine.run(G, source, sink)
+        save_image(Image.fromarray(sink.out), out)
+        return out
+    with rasterio_env():
+        return write_via_tiff(G, source, out, "tif", opts.engine, None, None)
+
+
+def write_via_tiff(G, source, out: Path, fmt: str, engine: Engine, crs, transform, alpha=False,
+                   progress=False, back=None) -> Path:
+    """Run the engine into a working GTiff next to `out`, optionally resample it back to the input
+    grid (`back` = (dataset, bands)), then publish it as `out`. Temp files never outlive the call."""
+    work = out.with_name(f".{out.stem}.work.tif")
+    grid = out.with_name(f".{out.stem}.grid.tif")
+    try:
+        with create_tiff(work, source.width, source.height, crs, transform, alpha) as dst:
+            valid = engine.run(G, source, GeoTiffSink(dst, alpha), progress)
+        if not valid:
+            raise InputError(f"{out.stem}: every pixel is nodata or masked; nothing to translate")
+        if back is not None:
+            resample_back(work, *back, grid, alpha)
+            work.unlink()
+            work, grid = grid, work
+        publish(work, out, fmt)
+    finally:
+        work.unlink(missing_ok=True)
+        grid.unlink(missing_ok=True)
+    return out
+
+
+def predict_raster(G, ds, path: Path, out_dir: Path, opts: Options, progress: bool) -> Path:
+    """A GDAL raster: pick and scale bands, resample to the working resolution if asked, translate
+    window by window, and write on the input's grid."""
+    from rasterio.enums import Resampling
+    from rasterio.vrt import WarpedVRT
+    bands = pick_bands(ds, opts.bands, path)
+    lo = hi = None
+    if opts.value_range is not None:
+        lo, hi = np.array([opts.value_range[0]] * 3), np.array([opts.value_range[1]] * 3)
+    elif opts.stretch_given or any(ds.dtypes[b - 1] != "uint8" for b in bands):
+        lo, hi, _ = stretch_limits(ds, bands, *opts.stretch, path)
+    georef = is_georeferenced(ds)
+    fmt = opts.fmt or ("tif" if georef else "png")
+    out = out_dir / f"{path.stem}.{fmt}"
+    if out.resolve() == path.resolve():
+        raise InputError(f"{path}: the output would overwrite the input; choose another --out")
+    scale = ground_scale(ds, opts.gsd, path) if opts.gsd else opts.scale
+    masked = any(f.name != "all_valid" for b in bands for f in ds.mask_flag_enums[b - 1])
+    alpha = fmt == "png" and masked
+    if abs(scale - 1) < 1e-9:
+        return write_via_tiff(G, RasterSource(ds, bands, lo, hi), out, fmt, opts.engine, ds.crs,
+                              ds.transform if georef else None, alpha, progress)
+    if not georef:
+        raise InputError(f"{path}: --scale on a raster needs georeferencing to map the result back "
+                         f"onto its grid (convert it to PNG to resize it plainly)")
+    width, height = max(1, round(ds.width * scale)), max(1, round(ds.height * scale))
+    transform = ds.transform @ ds.transform.scale(ds.width / width, ds.height / height)
+    has_mask = any(f.name in ("per_dataset", "alpha") for f in ds.mask_flag_enums[bands[0] - 1])
+    with WarpedVRT(ds, crs=ds.crs, transform=transform, width=width, height=height, add_alpha=has_mask and ds.nodata is None,
+                   resampling=Resampling.average if scale < 1 else Resampling.bilinear) as vrt:
+        return write_via_tiff(G, RasterSource(vrt, bands, lo, hi), out, fmt, opts.engine, ds.crs, transform,
+                              alpha, progress, back=(ds, bands))
+
+
+def report(message: str):
+    """One line on stderr that does not break a progress bar."""
+    tqdm.write(message, file=sys.stderr)

@@ -1,0 +1,168 @@
+"""The raster path: GeoTIFF in and out, bands and stretch, nodata, windowed = whole, bounded memory."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+rasterio = pytest.importorskip("rasterio")
+from rasterio.transform import from_origin  # noqa: E402
+
+import bench_raster  # noqa: E402
+import predict  # noqa: E402
+import raster  # noqa: E402
+from conftest import ROOT  # noqa: E402
+from generator import Generator, init_weights, load_generator  # noqa: E402
+
+CRS = "EPSG:32633"
+TRANSFORM = from_origin(500000, 4000000, 0.5, 0.5)
+
+
+def write_tif(path, data, nodata=None, crs=CRS, transform=TRANSFORM, **kw):
+    """data (bands, H, W) as a GeoTIFF; returns path."""
+    profile = {"driver": "GTiff", "count": data.shape[0], "height": data.shape[1], "width": data.shape[2],
+               "dtype": data.dtype.name, "crs": crs, "transform": transform, "nodata": nodata, **kw}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+    return path
+
+
+def scene(h=500, w=600, bands=4, seed=0):
+    """uint16 texture with a nodata (0) triangle in the top-left corner; returns (data, nodata mask)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:h, :w]
+    base = 2000 + 1500 * np.sin(xx / 23.0) * np.cos(yy / 31.0)
+    data = np.stack([base * (0.5 + 0.25 * b) + rng.normal(0, 200, (h, w)) for b in range(bands)])
+    data = np.clip(data, 1, 65535).astype(np.uint16)
+    nodata = (xx + yy) < 150
+    data[:, nodata] = 0
+    return data, nodata
+
+
+@pytest.fixture
+def weights(tmp_path):
+    torch.manual_seed(0)
+    torch.save({"G": init_weights(Generator(ngf=8)).state_dict(), "config": {"ngf": 8}}, tmp_path / "G.pt")
+    return tmp_path / "G.pt"
+
+
+def run_predict(*args):
+    return subprocess.run([sys.executable, "predict.py", *map(str, args)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_geotiff_keeps_grid_and_masks_nodata(tmp_path, weights):
+    data, nodata = scene()
+    src = write_tif(tmp_path / "in" / "scene.tif", data, nodata=0)
+    r = run_predict("--weights", weights, "--input", src, "--out", tmp_path / "out", "--bands", "3,2,1", "--eval")
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["scene.tif"]  # no temp file left
+    with rasterio.open(tmp_path / "out" / "scene.tif") as out:
+        assert out.crs == rasterio.crs.CRS.from_string(CRS) and out.transform == TRANSFORM
+        assert (out.width, out.height, out.count) == (600, 500, 3) and set(out.dtypes) == {"uint8"}
+        assert out.profile["tiled"] and out.profile.get("compress", "").lower() == "deflate"
+        assert out.overviews(1)  # opens fast at any zoom
+        mask = out.dataset_mask()
+        img = out.read()
+    np.testing.assert_array_equal(mask == 0, nodata)
+    assert (img[:, nodata] == 0).all() and img[:, ~nodata].std() > 0
+
+
+def test_windowed_equals_whole_image(tmp_path, weights):
+    rng = np.random.default_rng(1)
+    data = rng.integers(0, 256, (3, 500, 600), dtype=np.uint8)
+    src = write_tif(tmp_path / "in" / "rgb.tif", data)
+    G, _ = load_generator(weights)
+    x = torch.from_numpy(data).float()[None] / 127.5 - 1
+    for mode in ([], ["--eval"]):
+        r = run_predict("--weights", weights, "--input", src, "--out", tmp_path / "out", "--block", "256", "--seed", "3",
+                        *mode)
+        assert r.returncode == 0, r.stderr
+        with rasterio.open(tmp_path / "out" / "rgb.tif") as out:
+            windowed = out.read().astype(int)
+        whole = raster.to_uint8(raster.translate(G, x, paper=not mode, seed=3)[0]).astype(int)
+        diff = np.abs(windowed - whole)
+        if mode:  # batches differ between block layouts: float rounding only
+            assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
+        else:  # paper mode: one tile per batch, seeded by its place: identical
+            assert diff.max() == 0
+
+
+def test_peak_memory_does_not_grow_with_the_raster(tmp_path, weights):
+    small = bench_raster.make_raster(tmp_path / "small.tif", 768)
+    big = bench_raster.make_raster(tmp_path / "big.tif", 1536)  # 4x the pixels
+    common = ["--weights", str(weights), "--out", str(tmp_path / "out"), "--bands", "3,2,1", "--eval",
+              "--block", "512", "--device", "cpu"]
+    m_small = bench_raster.measure(common + ["--input", str(small)], cwd=ROOT, timeout=300)
+    m_big = bench_raster.measure(common + ["--input", str(big)], cwd=ROOT, timeout=300)
+    float_copy_mb = 3 * 1536 * 1536 * 4 / 2 ** 20  # one float copy of the big scene: 27 MiB
+    growth_small = m_small["peak_rss_mb"] - m_small["rss_imports_mb"]
+    growth_big = m_big["peak_rss_mb"] - m_big["rss_imports_mb"]
+    assert m_small["rc"] == 0 and m_big["rc"] == 0
+    assert growth_big - growth_small < float_copy_mb, (m_small, m_big)
+
+
+def test_stretch_from_a_sample_matches_full_percentiles(tmp_path):
+    data, _ = scene(h=2000, w=2000, bands=3)
+    path = write_tif(tmp_path / "s.tif", data, nodata=0, tiled=True, blockxsize=256, blockysize=256)
+    full = data.reshape(3, -1)[:, data.reshape(3, -1)[0] > 0].astype(np.float64)
+    want_lo, want_hi = np.percentile(full, 2, axis=1), np.percentile(full, 98, axis=1)
+    with rasterio.open(path) as ds:
+        lo, hi, read = raster.stretch_limits(ds, [1, 2, 3], 2, 98, path)
+    assert read < 0.15 * full.shape[1]  # a sample, not the raster
+    span = want_hi - want_lo
+    assert np.all(np.abs(lo - want_lo) < 0.02 * span) and np.all(np.abs(hi - want_hi) < 0.02 * span)
+    with rasterio.open(path, "r+") as ds:
+        ds.build_overviews([2, 4, 8])
+    with rasterio.open(path) as ds:
+        lo, hi, read = raster.stretch_limits(ds, [1, 2, 3], 2, 98, path)
+    assert read <= 1000 * 1000  # the 2x overview, itself at most 1 megapixel
+    assert np.all(np.abs(lo - want_lo) < 0.02 * span) and np.all(np.abs(hi - want_hi) < 0.02 * span)
+
+
+def test_bad_rasters_get_one_line_and_the_rest_run(tmp_path, weights):
+    data, _ = scene(h=200, w=300)
+    folder = tmp_path / "in"
+    write_tif(folder / "good.tif", data, nodata=0)
+    write_tif(folder / "two.tif", data[:2], nodata=0)
+    write_tif(folder / "empty.tif", np.zeros_like(data), nodata=0)
+    (folder / "broken.tif").write_bytes(b"II*\x00 not a tiff")
+    r = run_predict("--weights", weights, "--input", folder, "--out", tmp_path / "out", "--bands", "3,2,1", "--eval")
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    errors = [line for line in r.stderr.splitlines() if line.endswith(": skipped")]
+    assert len(errors) == 3, r.stderr
+    assert any(f"{folder / 'two.tif'}: --bands 3,2,1: band 3 is out of range (this raster has bands 1..2)" in e
+               for e in errors)
+    assert any(f"{folder / 'broken.tif'}: not a raster GDAL can read" in e for e in errors)
+    assert any(f"{folder / 'empty.tif'}: every pixel" in e and "nodata" in e for e in errors)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good.tif"]
+    alpha_only = write_tif(tmp_path / "alpha" / "a.tif", data[:1], photometric="MINISBLACK", extrasamples=[2])
+    r = run_predict("--weights", weights, "--input", alpha_only, "--out", tmp_path / "out2", "--bands", ",")
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert f"{alpha_only}: --bands leaves no band to translate" in r.stderr
+
+
+def test_tta_and_gsd_run_and_stay_on_the_grid(tmp_path, weights):
+    data, nodata = scene(h=300, w=400, bands=3)
+    src = write_tif(tmp_path / "in" / "s.tif", data, nodata=0)
+    r = run_predict("--weights", weights, "--input", src, "--out", tmp_path / "out", "--gsd", "1.0", "--tta", "--eval")
+    assert r.returncode == 0, r.stderr
+    with rasterio.open(tmp_path / "out" / "s.tif") as out:
+        assert (out.width, out.height, out.transform) == (400, 300, TRANSFORM)
+        assert (out.dataset_mask()[nodata] == 0).all()
+    G, _ = load_generator(weights)
+    x = torch.rand(1, 3, 256, 256) * 2 - 1
+    flipped = raster.translate(G, x.flip(-1), paper=False, tta=True)
+    assert torch.allclose(raster.translate(G, x, paper=False, tta=True), flipped.flip(-1), atol=1e-5)
+
+
+def test_dihedral_inverts_and_evaluate_takes_tta(tmp_path, weights, data):
+    import evaluate
+    from generator import dihedral
+    x = torch.rand(2, 3, 8, 8)
+    assert len({dihedral(x, k).flatten().tolist().__str__() for k in range(8)}) == 8
+    assert all(torch.equal(dihedral(dihedral(x, k), k, inverse=True), x) for k in range(8))
+    evaluate.main(["--weights", str(weights), "--data-root", str(data), "--out", str(tmp_path / "ev"), "--tta"])
+    assert (tmp_path / "ev" / "metrics.json").is_file()
