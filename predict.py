@@ -12,8 +12,11 @@ georeferenced input gives OUT/<stem>.tif on its own grid, masked where it has no
 import sys
 from pathlib import Path
 
+from tqdm import tqdm
+
 import dataset
 import raster
+import tiles
 from config import WEIGHTS_HELP, add_device, command_parser
 from generator import load_generator
 from utils import InputError, pick_device, run_command
@@ -80,7 +83,7 @@ def main(argv=None):
         raise InputError(f"--out {out_dir}: is a file, expected a folder")
     out_dir.mkdir(parents=True, exist_ok=True)
     failed = 0
-    for f in raster.tqdm(files, desc="translate", unit="img", disable=len(files) == 1):
+    for f in tqdm(files, desc="translate", unit="img", disable=len(files) == 1):
         try:
             raster.predict_file(G, f, out_dir, opts)
         except InputError as e:  # dataset.DataError is one too
@@ -104,7 +107,7 @@ def options(args, p) -> raster.Options:
         p.error(f"--range {args.value_range}: expected MIN,MAX with MIN < MAX")
     if value_range is not None and args.stretch is not None:
         p.error("--range and --stretch both set the value scaling: give one of them")
-    engine = raster.Engine(args.tile, args.overlap, not args.eval, args.seed, args.batch, args.tta, args.block)
+    engine = tiles.Engine(args.tile, args.overlap, not args.eval, args.seed, args.batch, args.tta, args.block)
     return raster.Options(engine, bands, tuple(stretch), args.stretch is not None,
                           None if value_range is None else tuple(value_range), args.scale, args.gsd, args.format,
                           args.pairs, max_pixels=round(args.max_megapixels * 1e6))

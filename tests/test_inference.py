@@ -11,7 +11,7 @@ import torch.nn as nn
 from PIL import Image
 
 import evaluate
-import raster
+import tiles
 from conftest import ROOT, SHARED_SAMPLE, make_ab
 from generator import Generator, init_weights, load_generator_state
 
@@ -170,7 +170,7 @@ class LocalNet(nn.Module):
 def seam_jump(y, tile=256, overlap=64, size=1000):
     """Mean |difference| between neighbouring columns at tile borders vs everywhere else."""
     d = (y[..., 1:] - y[..., :-1]).abs().mean((0, 1, 2))
-    starts = raster.tile_starts(size, tile, overlap)
+    starts = tiles.tile_starts(size, tile, overlap)
     borders = sorted({s - 1 for s in starts[1:]} | {s + tile - 1 for s in starts[:-1]})
     inner = torch.ones_like(d, dtype=torch.bool)
     inner[borders] = False
@@ -190,7 +190,7 @@ def test_tiled_equals_untiled_for_a_local_net():
     net = LocalNet()
     with torch.no_grad():
         whole = net(x)
-    tiled = raster.translate(net, x, paper=False)
+    tiled = tiles.translate(net, x, paper=False)
     assert tiled.shape == x.shape
     diff = (tiled - whole)[..., 2:-2, 2:-2].abs()
     assert diff.max() < 1e-3 and diff.mean() < 1e-5  # only tile edges differ, where the window is ~0
@@ -207,12 +207,12 @@ class TileStatsNet(LocalNet):
 def test_blending_removes_seams():
     x = real_image()
     net = TileStatsNet()
-    hard_border, hard_inner = seam_jump(raster.translate(net, x, overlap=0, paper=False), overlap=0)
-    border, inner = seam_jump(raster.translate(net, x, overlap=64, paper=False), overlap=64)
+    hard_border, hard_inner = seam_jump(tiles.translate(net, x, overlap=0, paper=False), overlap=0)
+    border, inner = seam_jump(tiles.translate(net, x, overlap=64, paper=False), overlap=64)
     assert hard_border > 1.5 * hard_inner  # the metric sees the seams of unblended tiles
     assert border <= 1.1 * inner  # blended: no step at tile borders
     G = init_weights(Generator(ngf=8))
-    border, inner = seam_jump(raster.translate(G, x, overlap=64, paper=True), overlap=64)
+    border, inner = seam_jump(tiles.translate(G, x, overlap=64, paper=True), overlap=64)
     assert border <= 1.1 * inner
 
 

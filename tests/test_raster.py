@@ -10,8 +10,8 @@ rasterio = pytest.importorskip("rasterio")
 from rasterio.transform import from_origin  # noqa: E402
 
 import bench_raster  # noqa: E402
-import predict  # noqa: E402
 import raster  # noqa: E402
+import tiles  # noqa: E402
 from conftest import ROOT  # noqa: E402
 from generator import Generator, init_weights, load_generator  # noqa: E402
 
@@ -82,7 +82,7 @@ def test_windowed_equals_whole_image(tmp_path, weights):
         assert r.returncode == 0, r.stderr
         with rasterio.open(tmp_path / "out" / "rgb.tif") as out:
             windowed = out.read().astype(int)
-        whole = raster.to_uint8(raster.translate(G, x, paper=not mode, seed=3)[0]).astype(int)
+        whole = tiles.to_uint8(tiles.translate(G, x, paper=not mode, seed=3)[0]).astype(int)
         diff = np.abs(windowed - whole)
         if mode:  # batches differ between block layouts: float rounding only
             assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
@@ -154,8 +154,8 @@ def test_tta_and_gsd_run_and_stay_on_the_grid(tmp_path, weights):
         assert (out.dataset_mask()[nodata] == 0).all()
     G, _ = load_generator(weights)
     x = torch.rand(1, 3, 256, 256) * 2 - 1
-    flipped = raster.translate(G, x.flip(-1), paper=False, tta=True)
-    assert torch.allclose(raster.translate(G, x, paper=False, tta=True), flipped.flip(-1), atol=1e-5)
+    flipped = tiles.translate(G, x.flip(-1), paper=False, tta=True)
+    assert torch.allclose(tiles.translate(G, x, paper=False, tta=True), flipped.flip(-1), atol=1e-5)
 
 
 def test_dihedral_inverts_and_evaluate_takes_tta(tmp_path, weights, data):
