@@ -33,7 +33,7 @@ from config import Config
 from discriminator import Discriminator
 from generator import Generator, init_weights
 from train import gan_step, to_pair
-from utils import amp_dtype, pick_device
+from utils import amp_dtype, pick_device, set_determinism
 
 # Pass marks. CPU: against the reference on the same machine. One H100: absolute rates, and data
 # loading must deliver DATA_MARGIN times what the training step consumes, so it never limits it.
@@ -150,6 +150,7 @@ def check_targets(device, fig: dict) -> dict:
 
 
 def main_speed(args):
+    set_determinism(args.deterministic)  # as train.py: cudnn.benchmark unless --deterministic
     device = pick_device(args.device)
     gpu = device.type == "cuda"
     warmup = 2 if not gpu else 30 if args.compile != "off" else 10
@@ -182,7 +183,7 @@ def main_speed(args):
            "train_speedup": ref_t[0] / our_t[0], "infer_img_per_s": batch / our_i[0],
            "ref_infer_img_per_s": batch / ref_i[0], "infer_speedup": ref_i[0] / our_i[0],
            "train_gflop": our_t[2] / 1e9, "infer_gflop": our_i[2] / 1e9,
-           "compile": args.compile, "infer_batch": batch,
+           "compile": args.compile, "infer_batch": batch, "deterministic": args.deterministic,
            "train_iqr_pct": 100 * our_t[1] / our_t[0], "infer_iqr_pct": 100 * our_i[1] / our_i[0],
            "ref_train_iqr_pct": 100 * ref_t[1] / ref_t[0], "ref_infer_iqr_pct": 100 * ref_i[1] / ref_i[0],
            "data_img_per_s": 1 / our_t[4], "mapped_data_img_per_s": 1 / mapped_data,
@@ -272,6 +273,7 @@ def main(argv=None):
                    help="torch.compile mode for our training step and inference")
     p.add_argument("--infer-batch", type=int, default=0, help="inference batch (default 4 on CPU, 64 on GPU)")
     p.add_argument("--json", action="store_true", help="end with one JSON line of the figures")
+    p.add_argument("--deterministic", action="store_true", help="as train.py --deterministic: what it costs")
     p.add_argument("--data", action="store_true", help="the data path against dataset size instead")
     p.add_argument("--sizes", default="1000,4000,16000", help="--data: numbers of pairs")
     p.add_argument("--image", type=int, default=128, help="--data: height of the synthetic AB images (width 2x)")

@@ -8,7 +8,8 @@ Two layouts: `ROOT/<split>/*.jpg` holding A|B side by side (A left), or `ROOT/<s
 `ROOT/<split>/B` with matching file stems. Both halves go through one decode function: convert to
 RGB, resize each half to a square (bicubic, as in the official code), keep as uint8. Jitter (random
 crop and flip, same for both halves) is applied to those uint8 tensors, so the cached path and the
-PIL path produce the same pixels for the same jitter parameters.
+PIL path produce the same pixels for the same jitter parameters. The decoded pairs are kept in
+memory or in a memory-mapped file under ROOT/.cache (CachedPairs), for sets larger than memory.
 """
 import hashlib
 import json
