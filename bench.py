@@ -1,21 +1,29 @@
-"""Benchmark the training step and inference against a plain reference, in one run on one machine.
+"""Benchmark the training step and inference against a plain reference, in one run on one machine;
+and (--data) the data path against dataset size.
 
     python bench.py --device cpu --quick        # under a minute on a 2-core CPU
-    python bench.py --device cuda --json        # the full table, then one JSON line
+    python bench.py --device cuda --json        # the full table, targets, then one JSON line
+    python bench.py --device cuda --compile reduce-overhead --json   # CUDA graphs, as .ci/gpu runs it
+    python bench.py --data --sizes 1000,4000,16000                    # memory vs mapped file vs size
 
 Reference: eager float32, contiguous memory, the PIL data path (decode + resize every step),
 PyTorch's default Adam, no compile. Ours: the train.py defaults (cached uint8 pairs jittered on the
 device, channels-last, bf16 autocast where the device runs it fast, fused Adam), plus --compile.
-FLOPs are counted with torch.utils.flop_counter; figures are the full-size U-Net-256 at 256x256.
+Times are torch.utils.benchmark medians with their interquartile range over repeated blocks; the
+device's peak is a large matmul timed in the same run, and each mode reports its share of it. FLOPs are
+counted with torch.utils.flop_counter; figures are the full-size U-Net-256 at 256x256.
 """
 import argparse
 import json
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.utils.benchmark as benchmark
 from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -24,41 +32,45 @@ from config import Config
 from discriminator import Discriminator
 from generator import Generator, init_weights
 from train import gan_step, to_pair
-from utils import amp_dtype, pick_device
+from utils import amp_dtype, pick_device, set_determinism
 
-PEAK_TFLOPS = {"H100": {None: 67, torch.bfloat16: 989}, "H200": {None: 67, torch.bfloat16: 989},
-               "A100": {None: 19.5, torch.bfloat16: 312}}  # dense, per device; CPU: unknown
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+# Pass marks. CPU: against the reference on the same machine. One H100: absolute rates, and data
+# loading must deliver DATA_MARGIN times what the training step consumes, so it never limits it.
+TARGETS = {"cpu": {"train_speedup": 1.5, "infer_speedup": 2.0},
+           "cuda": {"train_img_per_s": 300, "train_speedup": 3.0, "infer_img_per_s": 3000, "data_margin": 5.0}}
 
 
-def seconds_per_call(fn, steps, warmup, device) -> float:
-    """Mean wall time of fn(i) over `steps` calls after `warmup` untimed ones."""
-    for i in range(warmup):
-        fn(i)
-    sync(device)
-    t = time.perf_counter()
-    for i in range(steps):
-        fn(i)
-    sync(device)
-    return (time.perf_counter() - t) / steps
+def measure(fn, warmup: int, min_time: float) -> tuple[float, float]:
+    """Median seconds per call of fn() and the interquartile range, over blocks of calls that
+    torch.utils.benchmark sizes to take min_time in all (it synchronises CUDA around each block)."""
+    for _ in range(warmup):
+        fn()
+    m = benchmark.Timer(stmt="fn()", globals={"fn": fn}).blocked_autorange(min_run_time=min_time)
+    return m.median, m.iqr
 
 
-def make_pairs(folder: Path, n: int) -> list:
-    """n synthetic 1200x600 JPEG pairs, the size of the maps set, so decoding costs what it would."""
+def matmul_peak(device, dtype, min_time: float) -> float:
+    """TFLOP/s of a large square matmul: the most this device gives in this dtype, measured now."""
+    n = 8192 if device.type == "cuda" else 4096
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    median, _ = measure(lambda: a @ b, 2, min_time)
+    return 2 * n ** 3 / median / 1e12
+
+
+def make_pairs(folder: Path, n: int, size=(1200, 600), quality=90) -> list:
+    """n synthetic JPEG pairs (default the size of the maps set, so decoding costs what it would)."""
     rng = np.random.default_rng(0)
     folder.mkdir(parents=True, exist_ok=True)
+    noise = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
     for i in range(n):
-        Image.fromarray(rng.integers(0, 256, (600, 1200, 3), dtype=np.uint8)).save(folder / f"{i}.jpg", quality=90)
+        if not (folder / f"{i:06d}.jpg").exists():
+            Image.fromarray(np.roll(noise, i * 7, axis=1)).save(folder / f"{i:06d}.jpg", quality=quality)
     return dataset.list_pairs(folder.parent, folder.name)[0]
 
 
-def train_setup(device, fast: bool, compile_mode: str, cfg: Config):
+def train_setup(device, fast: bool, compile_mode: str, cfg: Config, ngf=64):
     torch.manual_seed(0)
-    G, D = init_weights(Generator()).to(device), init_weights(Discriminator()).to(device)
+    G, D = init_weights(Generator(3, 3, ngf)).to(device), init_weights(Discriminator(6, ngf)).to(device)
     fmt = torch.channels_last if fast else torch.contiguous_format
     G, D = G.to(memory_format=fmt), D.to(memory_format=fmt)
     adam = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=True if fast else None)
@@ -72,28 +84,47 @@ def train_setup(device, fast: bool, compile_mode: str, cfg: Config):
     return G, D, G_train, D_train, opt_G, opt_D, scaler, dtype, fmt
 
 
-def bench_train(pairs, device, fast, compile_mode, steps, warmup, cfg):
-    """Images per second of the whole step, data included, and FLOPs of one step."""
-    G, D, G_train, D_train, opt_G, opt_D, scaler, dtype, fmt = train_setup(device, fast, compile_mode, cfg)
+def data_source(pairs, device, fast, cfg, cache_dir=None):
+    """get(i) -> uint8 batch of one jittered pair: ours from the cache (on the GPU unless mapped),
+    the reference through PIL."""
     plan = dataset.jitter_plan(len(pairs), 0, 0, cfg.load_size, cfg.crop_size, True)
     if fast:
-        cached = dataset.CachedPairs(pairs, cfg.load_size).to(device)
-        get = lambda i: cached.batch(plan[i % len(plan)][None], cfg.crop_size)  # noqa: E731
-    else:
-        pil = dataset.PILPairs(pairs, cfg.load_size, cfg.crop_size)
-        get = lambda i: pil[tuple(plan[i % len(plan)])][None]  # noqa: E731
+        cached = dataset.CachedPairs(pairs, cfg.load_size, cache_dir)
+        if cache_dir is None:
+            cached.to(device)
+        return lambda i: cached.batch(plan[i % len(plan)][None], cfg.crop_size)
+    pil = dataset.PILPairs(pairs, cfg.load_size, cfg.crop_size)
+    return lambda i: pil[tuple(plan[i % len(plan)])][None]
 
-    def step(i):
-        real_A, real_B = to_pair(get(i), cfg, device, fmt)
+
+def counter():
+    """A call counter, so every timed call takes the next plan row."""
+    n = [0]
+
+    def next_i():
+        n[0] += 1
+        return n[0]
+    return next_i
+
+
+def bench_train(pairs, device, fast, compile_mode, warmup, min_time, cfg, cache_dir=None, ngf=64):
+    """The whole step, data included: (median s, IQR s, FLOPs of one step, dtype, data median s)."""
+    G, D, G_train, D_train, opt_G, opt_D, scaler, dtype, fmt = train_setup(device, fast, compile_mode, cfg, ngf)
+    get, i = data_source(pairs, device, fast, cfg, cache_dir), counter()
+
+    def step():
+        real_A, real_B = to_pair(get(i()), cfg, device, fmt)
         return gan_step(G_train, D_train, D, opt_G, opt_D, scaler, real_A, real_B, cfg, dtype, device)
 
-    seconds = seconds_per_call(step, steps, warmup, device)
+    median, iqr = measure(step, warmup, min_time)
+    data_median, _ = measure(lambda: to_pair(get(i()), cfg, device, fmt), 2, min_time / 4)
     with FlopCounterMode(display=False) as fc:
-        step(0)
-    return 1 / seconds, fc.get_total_flops(), dtype
+        real_A, real_B = to_pair(get(0), cfg, device, fmt)
+        gan_step(G, D, D, opt_G, opt_D, scaler, real_A, real_B, cfg, dtype, device)
+    return median, iqr, fc.get_total_flops(), dtype, data_median
 
 
-def bench_infer(device, fast, compile_mode, batch, steps, warmup):
+def bench_infer(device, fast, compile_mode, batch, warmup, min_time):
     torch.manual_seed(0)
     G = init_weights(Generator()).to(device).eval()
     fmt = torch.channels_last if fast else torch.contiguous_format
@@ -102,52 +133,164 @@ def bench_infer(device, fast, compile_mode, batch, steps, warmup):
     run = torch.compile(G, mode=None if compile_mode == "default" else compile_mode) if fast and compile_mode != "off" else G
     x = (torch.rand(batch, 3, 256, 256, device=device) * 2 - 1).contiguous(memory_format=fmt)
     with torch.inference_mode(), torch.autocast(device.type, dtype, enabled=dtype is not None):
-        seconds = seconds_per_call(lambda i: run(x), steps, warmup, device)
+        median, iqr = measure(lambda: run(x), warmup, min_time)
         with FlopCounterMode(display=False) as fc:
             G(x)
-    return batch / seconds, fc.get_total_flops() / batch, dtype
+    return median, iqr, fc.get_total_flops() / batch, dtype
+
+
+def check_targets(device, fig: dict) -> dict:
+    """{name: {value, target, pass}} for this device kind's targets."""
+    out = {}
+    for name, target in TARGETS.get(device.type, {}).items():
+        value = fig["data_img_per_s"] / fig["train_img_per_s"] if name == "data_margin" else fig[name]
+        out[name] = {"value": value, "target": target, "pass": value >= target}
+    return out
+
+
+def main_speed(args):
+    set_determinism(args.deterministic)  # as train.py: cudnn.benchmark unless --deterministic
+    device = pick_device(args.device)
+    gpu = device.type == "cuda"
+    warmup = 2 if not gpu else 30 if args.compile != "off" else 10
+    min_time = (2.0 if args.quick else 10.0) if not gpu else (1.0 if args.quick else 3.0)
+    batch = args.infer_batch or (64 if gpu else 4)
+    cfg = Config(data_cache="memory", compile=args.compile)
+    ref_cfg = Config(data_cache="off")
+    with tempfile.TemporaryDirectory() as tmp:
+        pairs = make_pairs(Path(tmp) / "train", 8)
+        ref_t = bench_train(pairs, device, False, "off", 2 if not gpu else 5, min_time, ref_cfg)
+        our_t = bench_train(pairs, device, True, args.compile, warmup, min_time, cfg)
+        mapped_data = bench_train(pairs, device, True, "off", 1, min_time / 4, cfg, Path(tmp) / "cache", ngf=8)[4]
+    ref_i = bench_infer(device, False, "off", batch, 2, min_time)
+    our_i = bench_infer(device, True, args.compile, batch, warmup, min_time)
+    peaks = {dt: matmul_peak(device, dt or torch.float32, min_time / 2) for dt in {None, our_t[3], our_i[3]}}
+    name = torch.cuda.get_device_name(device) if gpu else "cpu"
+    rows = [("reference train", 1, ref_t, None, ref_t), ("ours train", 1, our_t, our_t[3], ref_t),
+            ("reference infer", batch, ref_i, None, ref_i), ("ours infer", batch, our_i, our_i[3], ref_i)]
+    print(f"device: {name}, torch {torch.__version__}, threads {torch.get_num_threads()}, compile {args.compile}")
+    print("peak (matmul, measured now): " + ", ".join(f"{str(dt or torch.float32)[6:]} {tf:.1f} TFLOP/s"
+                                                      for dt, tf in peaks.items()))
+    print(f"{'mode':<17}{'batch':>6}{'img/s':>10}{'IQR %':>7}{'GFLOP/s':>10}{'% peak':>8}{'x ref':>7}")
+    shares = {}
+    for mode, b, (median, iqr, flops, *_), dtype, ref in rows:
+        ips, gflops = b / median, b / median * flops / 1e9
+        shares[mode] = gflops / 1e3 / peaks[dtype]
+        print(f"{mode:<17}{b:>6}{ips:>10.2f}{100 * iqr / median:>7.1f}{gflops:>10.1f}"
+              f"{100 * shares[mode]:>8.1f}{ref[0] / median:>7.2f}")
+    fig = {"device": name, "train_img_per_s": 1 / our_t[0], "ref_train_img_per_s": 1 / ref_t[0],
+           "train_speedup": ref_t[0] / our_t[0], "infer_img_per_s": batch / our_i[0],
+           "ref_infer_img_per_s": batch / ref_i[0], "infer_speedup": ref_i[0] / our_i[0],
+           "train_gflop": our_t[2] / 1e9, "infer_gflop": our_i[2] / 1e9,
+           "compile": args.compile, "infer_batch": batch, "deterministic": args.deterministic,
+           "train_iqr_pct": 100 * our_t[1] / our_t[0], "infer_iqr_pct": 100 * our_i[1] / our_i[0],
+           "ref_train_iqr_pct": 100 * ref_t[1] / ref_t[0], "ref_infer_iqr_pct": 100 * ref_i[1] / ref_i[0],
+           "data_img_per_s": 1 / our_t[4], "mapped_data_img_per_s": 1 / mapped_data,
+           "ref_data_img_per_s": 1 / ref_t[4],
+           "peak_tflops": {str(dt or torch.float32)[6:]: tf for dt, tf in peaks.items()},
+           "peak_share": shares}
+    print(f"FLOPs: train step {our_t[2] / 1e9:.1f} GFLOP, inference {our_i[2] / 1e9:.1f} GFLOP/img")
+    print(f"data alone: {fig['data_img_per_s']:.0f} img/s from memory, {fig['mapped_data_img_per_s']:.0f} img/s "
+          f"from the mapped file, {fig['ref_data_img_per_s']:.1f} img/s through PIL (reference)")
+    fig["targets"] = check_targets(device, fig)
+    for key, t in fig["targets"].items():
+        print(f"{'PASS' if t['pass'] else 'FAIL'}  {key} {t['value']:.2f} (target >= {t['target']})")
+    if args.json:
+        print(json.dumps(fig))
+    return 0 if all(t["pass"] for t in fig["targets"].values()) else 1
+
+
+# ----------------------------------------------------------------------------------------------------
+# --data: decode throughput, step time and memory against dataset size, memory vs mapped file
+
+
+def memory_now() -> dict:
+    """GB of this process: peak resident set (VmHWM), and now its private (anonymous) and file-backed
+    (page cache, shared with every process of the node) resident pages."""
+    out = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("VmHWM", "RssAnon", "RssFile"):
+                out[key] = int(value.split()[0]) * 1024 / 1e9
+    return out
+
+
+def data_run(args):
+    """One (size, mode) in a fresh process, so its peak memory is its own; prints one JSON line."""
+    device = pick_device(args.device)
+    cfg = Config(data_cache=args.data_mode, load_size=args.load_size)
+    pairs = dataset.list_pairs(args.root, "train")[0][: args.data_size]
+    cache_dir = Path(args.root) / ".cache" / "bench" if args.data_mode == "disk" else None
+    if cache_dir is not None:
+        for f in cache_dir.glob("*.u8"):
+            f.unlink()  # time the build, not a reuse
+    start = time.perf_counter()  # one long call: a plain clock (benchmark.Timer would run it twice)
+    dataset.CachedPairs(pairs, cfg.load_size, cache_dir)
+    build_s = time.perf_counter() - start
+    after_build = memory_now()
+    step_s, _, _, _, data_s = bench_train(pairs, device, True, "off", 2, args.min_time, cfg, cache_dir, args.ngf)
+    print(json.dumps({"pairs": len(pairs), "mode": args.data_mode, "decoded_gb": len(pairs) * 6 * cfg.load_size ** 2 / 1e9,
+                      "decode_pairs_per_s": len(pairs) / build_s, "data_ms": 1e3 * data_s, "step_ms": 1e3 * step_s,
+                      "build_peak_gb": after_build["VmHWM"], **{k + "_gb": v for k, v in memory_now().items()}}))
+
+
+def main_data(args):
+    sizes = [int(s) for s in args.sizes.split(",")]
+    work = Path(args.work or tempfile.mkdtemp(prefix="sat2map-bench-"))
+    print(f"making {max(sizes)} synthetic {2 * args.image}x{args.image} JPEG pairs in {work} ...", flush=True)
+    make_pairs(work / "train", max(sizes), (2 * args.image, args.image))
+    print(f"{'pairs':>7}{'GB':>7}  {'mode':<7}{'decode/s':>9}{'data ms':>9}{'step ms':>9}"
+          f"{'build peak':>11}{'peak RSS':>9}{'anon':>7}{'file':>7}  (GB)")
+    results = []
+    for n in sizes:
+        for mode in ("memory", "disk"):
+            r = subprocess.run([sys.executable, __file__, "--data-run", "--root", str(work), "--data-size", str(n),
+                                "--data-mode", mode, "--device", args.device, "--load-size", str(args.load_size),
+                                "--ngf", str(args.ngf), "--min-time", str(args.min_time)],
+                               capture_output=True, text=True, cwd=Path(__file__).parent)
+            if r.returncode:
+                print(f"{n:>7} {mode}: failed\n{r.stderr[-2000:]}")
+                continue
+            x = json.loads(r.stdout.strip().splitlines()[-1])
+            results.append(x)
+            print(f"{x['pairs']:>7}{x['decoded_gb']:>7.2f}  {mode:<7}{x['decode_pairs_per_s']:>9.0f}{x['data_ms']:>9.2f}"
+                  f"{x['step_ms']:>9.1f}{x['build_peak_gb']:>11.2f}{x['VmHWM_gb']:>9.2f}{x['RssAnon_gb']:>7.2f}"
+                  f"{x['RssFile_gb']:>7.2f}", flush=True)
+    print("memory holds the set privately (anon grows with it); the mapped file keeps anon flat and its pages "
+          "in the page cache (file), shared by every process of the node and reclaimable")
+    if args.json:
+        print(json.dumps(results))
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description="Benchmark training and inference against a reference.")
+    p = argparse.ArgumentParser(description="Benchmark training and inference against a reference, "
+                                "or (--data) the data path against dataset size.")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="device to measure")
-    p.add_argument("--quick", action="store_true", help="few steps (under a minute on CPU)")
+    p.add_argument("--quick", action="store_true", help="short timings (under a minute on CPU)")
     p.add_argument("--compile", default="off", choices=["off", "default", "reduce-overhead", "max-autotune"],
                    help="torch.compile mode for our training step and inference")
     p.add_argument("--infer-batch", type=int, default=0, help="inference batch (default 4 on CPU, 64 on GPU)")
-    p.add_argument("--json", action="store_true", help="end with one JSON object of the figures")
+    p.add_argument("--json", action="store_true", help="end with one JSON line of the figures")
+    p.add_argument("--deterministic", action="store_true", help="as train.py --deterministic: what it costs")
+    p.add_argument("--data", action="store_true", help="the data path against dataset size instead")
+    p.add_argument("--sizes", default="1000,4000,16000", help="--data: numbers of pairs")
+    p.add_argument("--image", type=int, default=128, help="--data: height of the synthetic AB images (width 2x)")
+    p.add_argument("--load-size", type=int, default=286, help="--data: decoded size of each half")
+    p.add_argument("--ngf", type=int, default=64, help="--data: network width for the step time")
+    p.add_argument("--min-time", type=float, default=5.0, help="--data: seconds of timing per figure")
+    p.add_argument("--work", help="--data: folder for the synthetic pairs (default a new temp folder)")
+    p.add_argument("--data-run", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--root", help=argparse.SUPPRESS)
+    p.add_argument("--data-size", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--data-mode", choices=["memory", "disk"], help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    device = pick_device(args.device)
-    gpu = device.type == "cuda"
-    steps, warmup = (3, 2) if args.quick else (20, 5) if not gpu else (200, 30)
-    batch = args.infer_batch or (64 if gpu else 4)
-    cfg = Config(data_cache="memory")
-    with tempfile.TemporaryDirectory() as tmp:
-        pairs = make_pairs(Path(tmp) / "train", 8)
-        ref_train, train_flops, _ = bench_train(pairs, device, False, "off", steps, warmup, cfg)
-        our_train, _, train_dtype = bench_train(pairs, device, True, args.compile, steps, warmup, cfg)
-    ref_infer, infer_flops, _ = bench_infer(device, False, "off", batch, steps, warmup)
-    our_infer, _, infer_dtype = bench_infer(device, True, args.compile, batch, steps, warmup)
-    name = torch.cuda.get_device_name(device) if gpu else "cpu"
-    peaks = next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
-    rows = [("reference train", 1, ref_train, train_flops, None, ref_train),
-            ("ours train", 1, our_train, train_flops, train_dtype, ref_train),
-            ("reference infer", batch, ref_infer, infer_flops, None, ref_infer),
-            ("ours infer", batch, our_infer, infer_flops, infer_dtype, ref_infer)]
-    print(f"device: {name}, torch {torch.__version__}, threads {torch.get_num_threads()}, compile {args.compile}")
-    print(f"{'mode':<17}{'batch':>6}{'img/s':>10}{'GFLOP/s':>10}{'% peak':>8}{'x ref':>7}")
-    for mode, b, ips, flops, dtype, ref in rows:
-        gflops = ips * flops / 1e9
-        peak = f"{100 * gflops / 1e3 / peaks[dtype]:.1f}" if peaks else "n/a"
-        print(f"{mode:<17}{b:>6}{ips:>10.2f}{gflops:>10.1f}{peak:>8}{ips / ref:>7.2f}")
-    print(f"FLOPs: train step {train_flops / 1e9:.1f} GFLOP, inference {infer_flops / 1e9:.1f} GFLOP/img")
-    if args.json:
-        print(json.dumps({"device": name, "train_img_per_s": our_train, "ref_train_img_per_s": ref_train,
-                          "train_speedup": our_train / ref_train, "infer_img_per_s": our_infer,
-                          "ref_infer_img_per_s": ref_infer, "infer_speedup": our_infer / ref_infer,
-                          "train_gflop": train_flops / 1e9, "infer_gflop": infer_flops / 1e9,
-                          "compile": args.compile, "infer_batch": batch}))
+    if args.data_run:
+        return data_run(args)
+    if args.data:
+        return main_data(args)
+    return main_speed(args)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -31,9 +31,12 @@ class Config:
     load_size: int = opt(286, "jitter: resize both halves to this size ...")
     crop_size: int = opt(256, "... then take a random crop of this size (and a random flip)")
     flip: bool = opt(True, "random horizontal flip (--no-flip turns it off)")
-    data_cache: str = opt("memory", "memory: decode and resize every pair once and jitter uint8 "
-                          "tensors on the training device; disk: the same, cached next to the data; "
-                          "off: decode with PIL every step", choices=["memory", "disk", "off"])
+    data_cache: str = opt("auto", "memory: decode and resize every pair once and jitter uint8 tensors "
+                          "on the training device; disk: the same pixels in a file under DATA_ROOT/.cache, "
+                          "memory-mapped and shared by a node's processes (for sets larger than memory); "
+                          "auto: memory when the decoded set takes at most half the available RAM (per "
+                          "process of the node) and, on a GPU, half its memory, else disk; off: decode "
+                          "with PIL every step", choices=["auto", "memory", "disk", "off"])
     workers: int = opt(2, "DataLoader worker processes for --data-cache off")
     skip_bad: bool = opt(False, "skip unreadable or malformed images instead of refusing to start")
     allow_data_change: bool = opt(False, "resume even though the number of training pairs changed "
@@ -61,6 +64,8 @@ class Config:
     amp: str = opt("auto", "mixed precision; auto: bf16 where the device runs it fast, else off",
                    choices=["auto", "bf16", "fp16", "off"])
     channels_last: str = opt("auto", "NHWC memory format; auto: on", choices=["auto", "on", "off"])
+    deterministic: bool = opt(False, "deterministic kernels only (cuDNN, cuBLAS; cudnn.benchmark off) so a "
+                              "GPU run repeats bit for bit; costs speed (see README)")
     compile: str = opt("off", "torch.compile the networks; reduce-overhead adds CUDA graphs",
                        choices=["off", "default", "reduce-overhead", "max-autotune"])
     # bookkeeping

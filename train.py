@@ -3,6 +3,7 @@
     python train.py                                   # paper settings on data/maps
     python train.py --data-root data/facades --name facades --direction BtoA
     torchrun --nproc_per_node 4 train.py              # one process per GPU
+    torchrun --nnodes 2 --node-rank R --nproc-per-node 8 --master-addr HOST --master-port 29500 train.py
 
 Stopping is safe at any moment (Ctrl-C and SIGTERM save first; SIGKILL loses at most the steps since
 the last save): running the same command again continues from RUN_DIR/last.pt, bit for bit.
@@ -24,11 +25,16 @@ import dataset
 from config import ARCH_FIELDS, Config, parse_config
 from discriminator import Discriminator
 from generator import Generator, init_weights, inference
-from utils import (InputError, amp_dtype, atomic_save, atomic_write_text, gather_objects, init_distributed,
-                   pick_device, protect_output, rng_state, run_command, safe_load, save_grid, seed_everything,
-                   set_rng_state)
+from utils import (InputError, all_agree, amp_dtype, atomic_save, atomic_write_text, available_ram,
+                   broadcast_buffers, gather_objects, init_distributed, local_rank, local_world_size, pick_device,
+                   protect_output, rng_state, run_command, safe_load, save_grid, seed_everything,
+                   set_determinism, set_rng_state)
 
 CKPT_VERSION = 1
+# --data-cache auto keeps the decoded set in memory when it takes at most this share of the available RAM
+# (divided among the node's processes, each holding a copy) and of the GPU's memory; the rest of the GPU
+# holds the model, activations and allocator slack, the rest of the RAM the page cache and everything else.
+CACHE_SHARE = 0.5
 # What a training checkpoint holds besides the state_dict of each object in main's `state`
 CKPT_KEYS = ("version", "step", "epoch", "config", "rng", "data")
 
@@ -57,26 +63,47 @@ def to_pair(batch: torch.Tensor, cfg: Config, device, memory_format):
     return (a, b) if cfg.direction == "AtoB" else (b, a)
 
 
-def load_data(cfg: Config, rank: int):
+def choose_cache(cfg: Config, n_pairs: int, device) -> tuple[str, str]:
+    """--data-cache auto: memory when the decoded set fits comfortably (CACHE_SHARE), else the mapped
+    file. Every process takes the same path. Returns (memory | disk | off, the reason)."""
+    if cfg.data_cache != "auto":
+        return cfg.data_cache, "--data-cache " + cfg.data_cache
+    need = n_pairs * 6 * cfg.load_size ** 2
+    ram = available_ram() // local_world_size()
+    fits = need <= CACHE_SHARE * ram
+    why = f"{need / 1e9:.2f} GB decoded; {ram / 1e9:.1f} GB RAM available per process"
+    if device.type == "cuda":
+        gpu = torch.cuda.get_device_properties(device).total_memory
+        fits = fits and need <= CACHE_SHARE * gpu
+        why += f", {gpu / 1e9:.1f} GB on the GPU"
+    choice = "memory" if all_agree(fits, device) else "disk"
+    return choice, f"auto: {why}; memory when at most {CACHE_SHARE:.0%} of both"
+
+
+def load_data(cfg: Config, rank: int, device):
     """Train source (cached uint8 pairs or the PIL dataset) and the fixed validation batch for samples."""
     root = Path(cfg.data_root)
-    if not root.exists() and root.name in dataset.DATASETS and rank == 0:
+    if not root.exists() and root.name in dataset.DATASETS and local_rank() == 0:
         print(f"{root} not found: downloading the {root.name} dataset into {root.parent}")
         dataset.download_dataset(root.name, root.parent)
     if dist.is_initialized():
-        dist.barrier()  # the others wait for rank 0's download and disk cache
+        dist.barrier()  # the others wait for their node's download
     full_scan = cfg.data_cache == "off"  # the cache build decodes everything anyway
     pairs = dataset.open_split(root, "train", cfg.skip_bad, full=full_scan)
     val_split = "val" if (root / "val").is_dir() else "train"
     val_pairs = dataset.open_split(root, val_split, True, full=False)
-    if cfg.data_cache == "off":
+    cache, why = choose_cache(cfg, len(pairs), device)
+    if rank == 0:
+        print(f"data cache: {cache} ({why})")
+    if cache == "off":
         train = dataset.PILPairs(pairs, cfg.load_size, cfg.crop_size)
     else:
-        cache_dir = root / ".cache" / "train" if cfg.data_cache == "disk" else None
-        if dist.is_initialized() and rank != 0:
-            dist.barrier()  # wait for rank 0 to write the disk cache, then read it
+        cache_dir = root / ".cache" / "train" if cache == "disk" else None
+        builder = local_rank() == 0  # one build per node; the node's other processes map what it wrote
+        if dist.is_initialized() and not builder:
+            dist.barrier()
         train = dataset.CachedPairs(pairs, cfg.load_size, cache_dir, cfg.skip_bad)
-        if dist.is_initialized() and rank == 0:
+        if dist.is_initialized() and builder:
             dist.barrier()
     return train, sample_batch(val_pairs, cfg)
 
@@ -177,6 +204,8 @@ class StopFlag:
 def gan_step(G_train, D_train, D, opt_G, opt_D, scaler, real_A, real_B, cfg: Config, dtype, device):
     """One optimizer step of D, then of G. G_train/D_train may be DDP- or compile-wrapped; D is the
     bare module. Returns the three losses as tensors (no host sync)."""
+    if cfg.compile == "reduce-overhead":
+        torch.compiler.cudagraph_mark_step_begin()  # a new iteration: last step's graph outputs may be reused
     # (1) Update D: real pairs -> 1, generated pairs -> 0; G gets no gradient here
     with torch.autocast(device.type, dtype, enabled=dtype is not None):
         fake_B = G_train(real_A)
@@ -208,6 +237,7 @@ def gan_step(G_train, D_train, D, opt_G, opt_D, scaler, real_A, real_B, cfg: Con
 
 def main(cfg: Config):
     protect_output()  # a closed pipe or terminal must never stop training or skip the final save
+    set_determinism(cfg.deterministic)  # before any CUDA work: cuBLAS reads its setting when it starts
     rank, world = init_distributed()
     is_main = rank == 0
     device = pick_device(cfg.device)
@@ -222,12 +252,15 @@ def main(cfg: Config):
     dtype = amp_dtype(cfg.amp, device)
     memory_format = torch.channels_last if cfg.channels_last != "off" else torch.contiguous_format
     resolved = {"device": str(device), "amp": {None: "off", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype],
-                "channels_last": "on" if memory_format == torch.channels_last else "off", "world_size": world}
+                "channels_last": "on" if memory_format == torch.channels_last else "off", "world_size": world,
+                "backend": dist.get_backend() if dist.is_initialized() else "none"}
 
-    train, val = load_data(cfg, rank)
+    train, val = load_data(cfg, rank, device)
+    mapped = isinstance(train, dataset.CachedPairs) and train.mapped
+    resolved["data_cache"] = "disk" if mapped else "memory" if isinstance(train, dataset.CachedPairs) else "off"
     if ckpt is not None:
         check_same_data(ckpt, len(train), cfg, resume)
-    if isinstance(train, dataset.CachedPairs) and device.type == "cuda":
+    if isinstance(train, dataset.CachedPairs) and not mapped and device.type == "cuda":
         train.to(device)  # jitter runs on the GPU: one tensor slice per image, no host work per step
 
     # Models, optimizers and schedules exactly as the paper sets them
@@ -267,7 +300,7 @@ def main(cfg: Config):
             print(f"resuming from {resume} at step {step}")
             trim_metrics(run_dir / "metrics.jsonl", step)
     G_train, D_train = G, D
-    if world > 1:
+    if dist.is_initialized():  # also for one process, so a one-GPU torchrun runs the multi-GPU code
         G_train = DistributedDataParallel(G, device_ids=[device.index] if device.type == "cuda" else None)
         D_train = DistributedDataParallel(D, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.compile != "off":
@@ -283,6 +316,7 @@ def main(cfg: Config):
 
     def save():
         """last.pt holds everything needed to continue bit for bit; G.pt is for inference."""
+        broadcast_buffers(G, D)  # the running statistics saved are rank 0's, and now every process's
         rngs = gather_objects(rng_state())
         if not is_main:
             return

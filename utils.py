@@ -8,6 +8,7 @@ import os
 import random
 import sys
 import tempfile
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -134,6 +135,30 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def set_determinism(deterministic: bool):
+    """--deterministic: only deterministic kernels (cuDNN and cuBLAS included), cuDNN autotuning off, so
+    a CUDA run repeats bit for bit. Otherwise let cuDNN pick the fastest convolution for our fixed
+    shapes. cuBLAS reads CUBLAS_WORKSPACE_CONFIG when it starts, so this runs before any CUDA work."""
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(deterministic)
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.benchmark = not deterministic
+
+
+def available_ram() -> int:
+    """Bytes of memory available to new allocations without swapping (MemAvailable), as the kernel
+    estimates it; free pages where /proc/meminfo is missing."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
 def amp_dtype(amp: str, device: torch.device):
     """The autocast dtype for --amp, or None for float32. 'auto' picks bf16 where it is fast."""
     if amp == "auto":
@@ -235,14 +260,50 @@ def save_grid(rows, path, nrow=None):
 
 
 def init_distributed() -> tuple[int, int]:
-    """Join the torchrun process group if there is one; returns (rank, world size)."""
-    if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", 1)) == 1:
+    """Join the torchrun process group if there is one (even of one process, so that a one-GPU
+    torchrun exercises NCCL as a larger one does); returns (rank, world size). RANK and WORLD_SIZE
+    count every process on every node; LOCAL_RANK numbers the processes of this node and picks its GPU."""
+    if "RANK" not in os.environ or "MASTER_ADDR" not in os.environ:
         return 0, 1
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if backend == "nccl":
-        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-    dist.init_process_group(backend)
+        local, count = local_rank(), torch.cuda.device_count()
+        if local >= count:
+            raise InputError(f"LOCAL_RANK {local}: this node has {count} visible GPU(s); start at most "
+                             f"{count} processes per node (torchrun --nproc-per-node {count})")
+        torch.cuda.set_device(local)
+    # Long enough for a node's first process to build the data cache of a large set while the others
+    # wait in a barrier (NCCL's default is 10 minutes)
+    dist.init_process_group(backend, timeout=timedelta(hours=1))
     return dist.get_rank(), dist.get_world_size()
+
+
+def local_rank() -> int:
+    """This process's number on its node (torchrun's LOCAL_RANK), 0 outside torchrun."""
+    return int(os.environ.get("LOCAL_RANK", 0))
+
+
+def local_world_size() -> int:
+    """Processes on this node (torchrun's LOCAL_WORLD_SIZE), 1 outside torchrun."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+
+
+def all_agree(flag: bool, device) -> bool:
+    """True only if flag is true on every process (just flag without torch.distributed)."""
+    if not dist.is_initialized():
+        return flag
+    t = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return bool(t.item())
+
+
+def broadcast_buffers(*modules):
+    """Give every process rank 0's buffers (BatchNorm running statistics): what a checkpoint saves is
+    then what every process holds."""
+    if dist.is_initialized():
+        for m in modules:
+            for b in m.buffers():
+                dist.broadcast(b, 0)
 
 
 def gather_objects(obj) -> list:

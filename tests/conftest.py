@@ -31,6 +31,20 @@ def make_dataset(root, n_train=4, n_val=2, **kw):
     return Path(root)
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "cuda: needs a CUDA GPU (skipped where none is visible; .ci/gpu runs them)")
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="no CUDA GPU visible to PyTorch (run .ci/gpu on a GPU machine)")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture
 def data(tmp_path):
     return make_dataset(tmp_path / "data")

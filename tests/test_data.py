@@ -2,6 +2,9 @@
 import gzip
 import io
 import os
+import socket
+import subprocess
+import sys
 import tarfile
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -276,8 +279,11 @@ def test_cached_and_pil_paths_agree_exactly(tmp_path):
     val_pil = torch.stack([dataset.PILPairs(pairs, 256)[i] for i in range(len(pairs))])
     assert (val_cached.int() - val_pil.int()).abs().max() <= 1  # exact in fact; 1/255 is the spec
     cached, pil = dataset.CachedPairs(pairs, 286), dataset.PILPairs(pairs, 286, 256)
+    mapped = dataset.CachedPairs(pairs, 286, tmp_path / "cache")
     plan = dataset.jitter_plan(len(pairs), seed=3, epoch=1, load=286, crop=256, flip=True)
-    assert torch.equal(cached.batch(plan, 256), torch.stack([pil[tuple(r)] for r in plan]))
+    expected = torch.stack([pil[tuple(r)] for r in plan])
+    assert torch.equal(cached.batch(plan, 256), expected)
+    assert mapped.mapped and torch.equal(mapped.batch(plan, 256), expected)
 
 
 def test_jitter_matches_torchvision_reference():
@@ -311,7 +317,7 @@ def test_disk_cache_is_reused_and_invalidated(tmp_path, monkeypatch):
     root = make_dataset(tmp_path / "d", n_train=3)
     pairs, _ = dataset.list_pairs(root, "train")
     first = dataset.CachedPairs(pairs, 64, tmp_path / "cache")
-    assert len(list((tmp_path / "cache").glob("*.pt"))) == 1
+    assert first.mapped and len(list((tmp_path / "cache").glob("*.u8"))) == 1
     real_decode = dataset.decode_pair
     monkeypatch.setattr(dataset, "decode_pair", lambda *a: pytest.fail("decoded despite a valid cache"))
     assert torch.equal(dataset.CachedPairs(pairs, 64, tmp_path / "cache").pixels, first.pixels)
@@ -320,4 +326,80 @@ def test_disk_cache_is_reused_and_invalidated(tmp_path, monkeypatch):
     os.utime(pairs[0].a, ns=(1, 1))
     changed = dataset.CachedPairs(pairs, 64, tmp_path / "cache")
     assert not torch.equal(changed.pixels[0], first.pixels[0]) and torch.equal(changed.pixels[1], first.pixels[1])
-    assert len(list((tmp_path / "cache").glob("*.pt"))) == 1
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [changed.path.name]  # the stale cache is gone
+
+
+def corrupt(path: Path, how: str):
+    data = path.read_bytes()
+    path.write_bytes({"truncated": data[: len(data) // 2],
+                      "short tail": data[:-3],
+                      "longer": data + b"\0" * 100,
+                      "bad marker": data[:-8] + b"XXXXXXXX",
+                      "bad length": data[:-16] + (10**12).to_bytes(8, "little") + data[-8:],
+                      "bad footer": data[:-16 - 40] + b"{" * 40 + data[-16:],
+                      "other key": data.replace(b'"key": "', b'"key": "0', 1)[:-16] + data[-16:],
+                      "empty": b""}[how])
+
+
+@pytest.mark.parametrize("how", ["truncated", "short tail", "longer", "bad marker", "bad length", "bad footer",
+                                 "other key", "empty"])
+def test_corrupt_mapped_cache_is_rebuilt_with_a_warning(tmp_path, capsys, how):
+    root = make_dataset(tmp_path / "d", n_train=3)
+    pairs, _ = dataset.list_pairs(root, "train")
+    good = dataset.CachedPairs(pairs, 64, tmp_path / "cache")
+    expected = good.pixels.clone()
+    del good
+    corrupt(next((tmp_path / "cache").glob("*.u8")), how)
+    rebuilt = dataset.CachedPairs(pairs, 64, tmp_path / "cache")
+    assert torch.equal(rebuilt.pixels, expected)
+    err = capsys.readouterr().err
+    assert f"warning: {rebuilt.path}: " in err and "rebuilding it" in err
+
+
+def test_crashed_build_leaves_no_cache_and_its_temp_file_is_cleared(tmp_path, monkeypatch):
+    root = make_dataset(tmp_path / "d", n_train=3)
+    pairs, _ = dataset.list_pairs(root, "train")
+    real_decode = dataset.decode_pair
+    monkeypatch.setattr(dataset, "decode_pair", lambda p, s: (_ for _ in ()).throw(KeyboardInterrupt)
+                        if p.name == "002" else real_decode(p, s))
+    with pytest.raises(KeyboardInterrupt):
+        dataset.CachedPairs(pairs, 64, tmp_path / "cache")
+    assert list((tmp_path / "cache").iterdir()) == []
+    monkeypatch.setattr(dataset, "decode_pair", real_decode)
+    # what SIGKILL leaves: a temp file of a process that is gone; a build still running keeps its own
+    dead = subprocess.Popen([sys.executable, "-c", ""])
+    dead.wait()
+    host = socket.gethostname()
+    stale = tmp_path / "cache" / f".pairs-64-0123456789abcdef.u8.{host}.{dead.pid}.tmp"
+    running = tmp_path / "cache" / f".pairs-64-0123456789abcdef.u8.{host}.{os.getpid()}.tmp"
+    stale.write_bytes(b"x" * 1000)
+    running.write_bytes(b"x")
+    cached = dataset.CachedPairs(pairs, 64, tmp_path / "cache")
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == sorted([cached.path.name, running.name])
+
+
+def test_mapped_cache_remembers_bad_pairs(tmp_path, capsys):
+    root = make_dataset(tmp_path / "d", n_train=3)
+    bad = root / "train" / "001.png"
+    bad.write_bytes(bad.read_bytes()[:200])  # header intact: listing passes, decoding fails
+    pairs, _ = dataset.list_pairs(root, "train")
+    built = dataset.CachedPairs(pairs, 64, tmp_path / "cache", skip_bad=True)
+    assert [p.name for p in built.pairs] == ["000", "002"] and len(built) == 2
+    assert "skipping 1 bad pair(s)" in capsys.readouterr().err
+    with pytest.raises(dataset.DataError) as e:
+        dataset.CachedPairs(pairs, 64, tmp_path / "cache")  # reused: no decode, same report
+    assert f"{bad}: cannot decode" in str(e.value) and "--skip-bad" in str(e.value)
+    assert torch.equal(dataset.CachedPairs(pairs, 64, tmp_path / "cache", skip_bad=True).pixels, built.pixels)
+
+
+def test_file_names_that_are_not_utf8(tmp_path):
+    root = make_dataset(tmp_path / "d", n_train=2)
+    odd = Path(os.fsdecode(os.fsencode(root / "train") + b"/caf\xe9-\xff.png"))  # Latin-1 bytes
+    make_ab(odd, seed=7)
+    pairs, _ = dataset.list_pairs(root, "train")
+    assert odd in [p.a for p in pairs]
+    assert len(dataset.cache_key(pairs, 64)) == 64
+    mapped = dataset.CachedPairs(pairs, 64, tmp_path / "cache")
+    assert torch.equal(mapped.pixels, dataset.CachedPairs(pairs, 64).pixels)
+    ckpt = train("--data-root", root, "--run-dir", tmp_path / "r", "--max-steps", 2, "--data-cache", "disk")
+    assert ckpt["data"]["pairs"] == 3

@@ -1,27 +1,70 @@
-"""torchrun: 2 CPU processes with gloo train, checkpoint on rank 0 and resume exactly."""
+"""torchrun: 2 CPU processes with gloo train, checkpoint on rank 0 and resume exactly, on one node and
+across two "nodes" (two torchrun launches on 127.0.0.1) alike."""
+import os
+import socket
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from conftest import ROOT, TINY, assert_same, make_dataset
 
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
 
 def torchrun(*args):
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                        "train.py", *TINY, *map(str, args)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+                        "train.py", *TINY, *map(str, args)], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                       env=ENV)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
     return r.stdout
 
 
-def test_two_processes_train_and_resume_exactly(tmp_path):
-    data = make_dataset(tmp_path / "data", n_train=6)  # 3 steps per epoch at 2 x batch 1
-    torchrun("--data-root", data, "--run-dir", tmp_path / "a", "--max-steps", 4)
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def two_nodes(*args) -> str:
+    """Two torchrun launches of one process each, node ranks 0 and 1, meeting on 127.0.0.1 exactly as
+    two machines would (static rendezvous: --node-rank, --master-addr, --master-port). Returns the
+    output of both."""
+    port = free_port()
+    launches = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank",
+                                  str(node), "--nproc-per-node", "1", "--master-addr", "127.0.0.1",
+                                  "--master-port", str(port), "train.py", *TINY, *map(str, args)],
+                                 cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
+                for node in (0, 1)]
+    outs = []
+    for p in launches:
+        try:
+            outs.append(p.communicate(timeout=300)[0])
+        except subprocess.TimeoutExpired:
+            for q in launches:
+                q.kill()
+            raise
+    for p, out in zip(launches, outs):
+        assert p.returncode == 0, out[-4000:]
+    return "\n".join(outs)
+
+
+@pytest.fixture(scope="module")
+def one_node(tmp_path_factory):
+    """4 steps of 2 processes on one node: the run every other run here must reproduce."""
+    tmp = tmp_path_factory.mktemp("one_node")
+    data = make_dataset(tmp / "data", n_train=6)  # 3 steps per epoch at 2 x batch 1
+    torchrun("--data-root", data, "--run-dir", tmp / "a", "--max-steps", 4)
+    return data, torch.load(tmp / "a" / "last.pt", weights_only=True)
+
+
+def test_two_processes_train_and_resume_exactly(tmp_path, one_node):
+    data, a = one_node
     out = torchrun("--data-root", data, "--run-dir", tmp_path / "b", "--max-steps", 2)
     assert out.count("done at step 2") == 1  # rank 0 alone reports
     out = torchrun("--data-root", data, "--run-dir", tmp_path / "b", "--max-steps", 4)
     assert "resuming from" in out
-    a = torch.load(tmp_path / "a" / "last.pt", weights_only=True)
     b = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
     assert a["step"] == b["step"] == 4 and len(a["rng"]) == 2
     assert not torch.equal(a["rng"][0]["torch"], a["rng"][1]["torch"])  # own dropout stream per process
@@ -29,3 +72,17 @@ def test_two_processes_train_and_resume_exactly(tmp_path):
         assert_same(a[key], b[key], key)
     rows = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
     assert len(rows) == 4  # rank 0 logs; resumed rows replace nothing twice
+
+
+def test_two_nodes_train_what_one_node_trains_and_resume(tmp_path, one_node):
+    """Each "node" builds the mapped cache in the shared data folder at the same time (as on a shared
+    file system); the result is still bit for bit the one-node run from memory."""
+    data, a = one_node
+    out = two_nodes("--data-root", data, "--run-dir", tmp_path / "b", "--max-steps", 2, "--data-cache", "disk")
+    assert out.count("done at step 2") == 1
+    out = two_nodes("--data-root", data, "--run-dir", tmp_path / "b", "--max-steps", 4, "--data-cache", "disk")
+    assert "resuming from" in out
+    b = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
+    assert b["step"] == 4 and b["config"]["data_cache"] == "disk"
+    for key in ("G", "D", "opt_G", "opt_D", "sched_G", "rng"):
+        assert_same(a[key], b[key], key)

@@ -103,3 +103,17 @@ def test_smoke_on_real_maps_sample(tmp_path, maps_sample):
     assert ckpt["step"] == 30 and len(rows) == 3
     assert rows[-1]["loss_G_l1"] < rows[0]["loss_G_l1"]  # it learns something in 30 steps
     assert (tmp_path / "r" / "samples" / "step_0000030.png").is_file()
+
+
+def test_mapped_cache_resumes_exactly_as_memory(tmp_path, data, monkeypatch, capsys):
+    """3 steps from the mapped file + 3 more chosen by auto (forced to the file) = 6 steps from memory."""
+    import train as train_mod
+    straight = train("--data-root", data, "--run-dir", tmp_path / "a", "--max-steps", 6, "--data-cache", "memory")
+    assert "data cache: memory (--data-cache memory)" in capsys.readouterr().out
+    train("--data-root", data, "--run-dir", tmp_path / "b", "--max-steps", 3, "--data-cache", "disk")
+    monkeypatch.setattr(train_mod, "CACHE_SHARE", 0.0)
+    resumed = train("--data-root", data, "--run-dir", tmp_path / "b", "--max-steps", 6)
+    assert "data cache: disk (auto: " in capsys.readouterr().out
+    assert json.loads((tmp_path / "b" / "config.json").read_text())["resolved"]["data_cache"] == "disk"
+    assert len(list((data / ".cache" / "train").glob("*.u8"))) == 1
+    assert_same({k: straight[k] for k in STATE}, {k: resumed[k] for k in STATE})
