@@ -27,6 +27,7 @@ import torch.utils.benchmark as benchmark
 from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
+import cache
 import dataset
 from config import Config
 from discriminator import Discriminator
@@ -89,7 +90,7 @@ def data_source(pairs, device, fast, cfg, cache_dir=None):
     the reference through PIL."""
     plan = dataset.jitter_plan(len(pairs), 0, 0, cfg.load_size, cfg.crop_size, True)
     if fast:
-        cached = dataset.CachedPairs(pairs, cfg.load_size, cache_dir)
+        cached = cache.CachedPairs(pairs, cfg.load_size, cache_dir)
         if cache_dir is None:
             cached.to(device)
         return lambda i: cached.batch(plan[i % len(plan)][None], cfg.crop_size)
@@ -226,7 +227,7 @@ def data_run(args):
         for f in cache_dir.glob("*.u8"):
             f.unlink()  # time the build, not a reuse
     start = time.perf_counter()  # one long call: a plain clock (benchmark.Timer would run it twice)
-    dataset.CachedPairs(pairs, cfg.load_size, cache_dir)
+    cache.CachedPairs(pairs, cfg.load_size, cache_dir)
     build_s = time.perf_counter() - start
     after_build = memory_now()
     step_s, _, _, _, data_s = bench_train(pairs, device, True, "off", 2, args.min_time, cfg, cache_dir, args.ngf)

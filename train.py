@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+import cache
 import dataset
 from config import ARCH_FIELDS, Config, parse_config
 from discriminator import Discriminator
@@ -92,17 +93,17 @@ def load_data(cfg: Config, rank: int, device):
     pairs = dataset.open_split(root, "train", cfg.skip_bad, full=full_scan)
     val_split = "val" if (root / "val").is_dir() else "train"
     val_pairs = dataset.open_split(root, val_split, True, full=False)
-    cache, why = choose_cache(cfg, len(pairs), device)
+    where, why = choose_cache(cfg, len(pairs), device)
     if rank == 0:
-        print(f"data cache: {cache} ({why})")
-    if cache == "off":
+        print(f"data cache: {where} ({why})")
+    if where == "off":
         train = dataset.PILPairs(pairs, cfg.load_size, cfg.crop_size)
     else:
-        cache_dir = root / ".cache" / "train" if cache == "disk" else None
+        cache_dir = root / ".cache" / "train" if where == "disk" else None
         builder = local_rank() == 0  # one build per node; the node's other processes map what it wrote
         if dist.is_initialized() and not builder:
             dist.barrier()
-        train = dataset.CachedPairs(pairs, cfg.load_size, cache_dir, cfg.skip_bad)
+        train = cache.CachedPairs(pairs, cfg.load_size, cache_dir, cfg.skip_bad)
         if dist.is_initialized() and builder:
             dist.barrier()
     return train, sample_batch(val_pairs, cfg)
@@ -125,7 +126,7 @@ def sample_batch(pairs, cfg: Config) -> torch.Tensor:
 
 def epoch_batches(train, rows: torch.Tensor, cfg: Config):
     """uint8 batches for this process's plan rows (steps, B, 4), decoded in workers on the PIL path."""
-    if isinstance(train, dataset.CachedPairs):
+    if isinstance(train, cache.CachedPairs):
         return (train.batch(r, cfg.crop_size) for r in rows)
     return iter(torch.utils.data.DataLoader(
         train, batch_sampler=[[tuple(k) for k in r.tolist()] for r in rows],
@@ -256,11 +257,11 @@ def main(cfg: Config):
                 "backend": dist.get_backend() if dist.is_initialized() else "none"}
 
     train, val = load_data(cfg, rank, device)
-    mapped = isinstance(train, dataset.CachedPairs) and train.mapped
-    resolved["data_cache"] = "disk" if mapped else "memory" if isinstance(train, dataset.CachedPairs) else "off"
+    mapped = isinstance(train, cache.CachedPairs) and train.mapped
+    resolved["data_cache"] = "disk" if mapped else "memory" if isinstance(train, cache.CachedPairs) else "off"
     if ckpt is not None:
         check_same_data(ckpt, len(train), cfg, resume)
-    if isinstance(train, dataset.CachedPairs) and not mapped and device.type == "cuda":
+    if isinstance(train, cache.CachedPairs) and not mapped and device.type == "cuda":
         train.to(device)  # jitter runs on the GPU: one tensor slice per image, no host work per step
 
     # Models, optimizers and schedules exactly as the paper sets them

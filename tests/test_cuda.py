@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+import cache
 import dataset
 from conftest import ROOT, TINY, assert_same, make_dataset, train
 
@@ -82,9 +83,9 @@ def test_gpu_resident_data_path_gives_the_cpu_pixels(tmp_path):
     root = make_dataset(tmp_path / "d", n_train=5)
     pairs, _ = dataset.list_pairs(root, "train")
     plan = dataset.jitter_plan(len(pairs), seed=1, epoch=2, load=286, crop=256, flip=True)
-    on_cpu = dataset.CachedPairs(pairs, 286).batch(plan, 256)
-    on_gpu = dataset.CachedPairs(pairs, 286).to("cuda").batch(plan, 256)
-    mapped = dataset.CachedPairs(pairs, 286, tmp_path / "cache").batch(plan, 256)
+    on_cpu = cache.CachedPairs(pairs, 286).batch(plan, 256)
+    on_gpu = cache.CachedPairs(pairs, 286).to("cuda").batch(plan, 256)
+    mapped = cache.CachedPairs(pairs, 286, tmp_path / "cache").batch(plan, 256)
     assert on_gpu.device.type == "cuda" and torch.equal(on_gpu.cpu(), on_cpu) and torch.equal(mapped, on_cpu)
 
 

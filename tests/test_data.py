@@ -1,5 +1,4 @@
 """Data: download against a local HTTP server, safe extraction, check, both layouts, cached vs PIL."""
-import gzip
 import io
 import os
 import socket
@@ -16,6 +15,7 @@ import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
 
+import cache
 import dataset
 from conftest import make_ab, make_dataset, train
 
@@ -236,10 +236,10 @@ def test_both_layouts_give_the_same_tensors_and_combine_roundtrips(tmp_path):
     pairs_ab, _ = dataset.list_pairs(ab, "train")
     pairs_a_b, problems = dataset.list_pairs(tmp_path / "a_b", "train")
     assert not problems and [p.name for p in pairs_ab] == [p.name for p in pairs_a_b]
-    assert torch.equal(dataset.CachedPairs(pairs_ab, 286).pixels, dataset.CachedPairs(pairs_a_b, 286).pixels)
+    assert torch.equal(cache.CachedPairs(pairs_ab, 286).pixels, cache.CachedPairs(pairs_a_b, 286).pixels)
     n = dataset.combine(tmp_path / "a_b" / "train" / "A", tmp_path / "a_b" / "train" / "B", tmp_path / "c" / "train")
     combined, _ = dataset.list_pairs(tmp_path / "c", "train")
-    assert n == 3 and torch.equal(dataset.CachedPairs(combined, 64).pixels, dataset.CachedPairs(pairs_ab, 64).pixels)
+    assert n == 3 and torch.equal(cache.CachedPairs(combined, 64).pixels, cache.CachedPairs(pairs_ab, 64).pixels)
 
 
 def test_unmatched_a_b_names_are_reported(tmp_path):
@@ -275,11 +275,11 @@ def test_any_mode_becomes_rgb(tmp_path, mode):
 def test_cached_and_pil_paths_agree_exactly(tmp_path):
     root = make_dataset(tmp_path / "d", n_train=5)
     pairs, _ = dataset.list_pairs(root, "train")
-    val_cached = dataset.CachedPairs(pairs, 256).pixels
+    val_cached = cache.CachedPairs(pairs, 256).pixels
     val_pil = torch.stack([dataset.PILPairs(pairs, 256)[i] for i in range(len(pairs))])
     assert (val_cached.int() - val_pil.int()).abs().max() <= 1  # exact in fact; 1/255 is the spec
-    cached, pil = dataset.CachedPairs(pairs, 286), dataset.PILPairs(pairs, 286, 256)
-    mapped = dataset.CachedPairs(pairs, 286, tmp_path / "cache")
+    cached, pil = cache.CachedPairs(pairs, 286), dataset.PILPairs(pairs, 286, 256)
+    mapped = cache.CachedPairs(pairs, 286, tmp_path / "cache")
     plan = dataset.jitter_plan(len(pairs), seed=3, epoch=1, load=286, crop=256, flip=True)
     expected = torch.stack([pil[tuple(r)] for r in plan])
     assert torch.equal(cached.batch(plan, 256), expected)
@@ -316,15 +316,15 @@ def test_jitter_statistics_cover_the_paper_range():
 def test_disk_cache_is_reused_and_invalidated(tmp_path, monkeypatch):
     root = make_dataset(tmp_path / "d", n_train=3)
     pairs, _ = dataset.list_pairs(root, "train")
-    first = dataset.CachedPairs(pairs, 64, tmp_path / "cache")
+    first = cache.CachedPairs(pairs, 64, tmp_path / "cache")
     assert first.mapped and len(list((tmp_path / "cache").glob("*.u8"))) == 1
     real_decode = dataset.decode_pair
     monkeypatch.setattr(dataset, "decode_pair", lambda *a: pytest.fail("decoded despite a valid cache"))
-    assert torch.equal(dataset.CachedPairs(pairs, 64, tmp_path / "cache").pixels, first.pixels)
+    assert torch.equal(cache.CachedPairs(pairs, 64, tmp_path / "cache").pixels, first.pixels)
     monkeypatch.setattr(dataset, "decode_pair", real_decode)
     make_ab(pairs[0].a, seed=42)
     os.utime(pairs[0].a, ns=(1, 1))
-    changed = dataset.CachedPairs(pairs, 64, tmp_path / "cache")
+    changed = cache.CachedPairs(pairs, 64, tmp_path / "cache")
     assert not torch.equal(changed.pixels[0], first.pixels[0]) and torch.equal(changed.pixels[1], first.pixels[1])
     assert [p.name for p in (tmp_path / "cache").iterdir()] == [changed.path.name]  # the stale cache is gone
 
@@ -346,11 +346,11 @@ def corrupt(path: Path, how: str):
 def test_corrupt_mapped_cache_is_rebuilt_with_a_warning(tmp_path, capsys, how):
     root = make_dataset(tmp_path / "d", n_train=3)
     pairs, _ = dataset.list_pairs(root, "train")
-    good = dataset.CachedPairs(pairs, 64, tmp_path / "cache")
+    good = cache.CachedPairs(pairs, 64, tmp_path / "cache")
     expected = good.pixels.clone()
     del good
     corrupt(next((tmp_path / "cache").glob("*.u8")), how)
-    rebuilt = dataset.CachedPairs(pairs, 64, tmp_path / "cache")
+    rebuilt = cache.CachedPairs(pairs, 64, tmp_path / "cache")
     assert torch.equal(rebuilt.pixels, expected)
     err = capsys.readouterr().err
     assert f"warning: {rebuilt.path}: " in err and "rebuilding it" in err
@@ -363,7 +363,7 @@ def test_crashed_build_leaves_no_cache_and_its_temp_file_is_cleared(tmp_path, mo
     monkeypatch.setattr(dataset, "decode_pair", lambda p, s: (_ for _ in ()).throw(KeyboardInterrupt)
                         if p.name == "002" else real_decode(p, s))
     with pytest.raises(KeyboardInterrupt):
-        dataset.CachedPairs(pairs, 64, tmp_path / "cache")
+        cache.CachedPairs(pairs, 64, tmp_path / "cache")
     assert list((tmp_path / "cache").iterdir()) == []
     monkeypatch.setattr(dataset, "decode_pair", real_decode)
     # what SIGKILL leaves: a temp file of a process that is gone; a build still running keeps its own
@@ -374,7 +374,7 @@ def test_crashed_build_leaves_no_cache_and_its_temp_file_is_cleared(tmp_path, mo
     running = tmp_path / "cache" / f".pairs-64-0123456789abcdef.u8.{host}.{os.getpid()}.tmp"
     stale.write_bytes(b"x" * 1000)
     running.write_bytes(b"x")
-    cached = dataset.CachedPairs(pairs, 64, tmp_path / "cache")
+    cached = cache.CachedPairs(pairs, 64, tmp_path / "cache")
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == sorted([cached.path.name, running.name])
 
 
@@ -383,13 +383,13 @@ def test_mapped_cache_remembers_bad_pairs(tmp_path, capsys):
     bad = root / "train" / "001.png"
     bad.write_bytes(bad.read_bytes()[:200])  # header intact: listing passes, decoding fails
     pairs, _ = dataset.list_pairs(root, "train")
-    built = dataset.CachedPairs(pairs, 64, tmp_path / "cache", skip_bad=True)
+    built = cache.CachedPairs(pairs, 64, tmp_path / "cache", skip_bad=True)
     assert [p.name for p in built.pairs] == ["000", "002"] and len(built) == 2
     assert "skipping 1 bad pair(s)" in capsys.readouterr().err
     with pytest.raises(dataset.DataError) as e:
-        dataset.CachedPairs(pairs, 64, tmp_path / "cache")  # reused: no decode, same report
+        cache.CachedPairs(pairs, 64, tmp_path / "cache")  # reused: no decode, same report
     assert f"{bad}: cannot decode" in str(e.value) and "--skip-bad" in str(e.value)
-    assert torch.equal(dataset.CachedPairs(pairs, 64, tmp_path / "cache", skip_bad=True).pixels, built.pixels)
+    assert torch.equal(cache.CachedPairs(pairs, 64, tmp_path / "cache", skip_bad=True).pixels, built.pixels)
 
 
 def test_file_names_that_are_not_utf8(tmp_path):
@@ -398,8 +398,8 @@ def test_file_names_that_are_not_utf8(tmp_path):
     make_ab(odd, seed=7)
     pairs, _ = dataset.list_pairs(root, "train")
     assert odd in [p.a for p in pairs]
-    assert len(dataset.cache_key(pairs, 64)) == 64
-    mapped = dataset.CachedPairs(pairs, 64, tmp_path / "cache")
-    assert torch.equal(mapped.pixels, dataset.CachedPairs(pairs, 64).pixels)
+    assert len(cache.cache_key(pairs, 64)) == 64
+    mapped = cache.CachedPairs(pairs, 64, tmp_path / "cache")
+    assert torch.equal(mapped.pixels, cache.CachedPairs(pairs, 64).pixels)
     ckpt = train("--data-root", root, "--run-dir", tmp_path / "r", "--max-steps", 2, "--data-cache", "disk")
     assert ckpt["data"]["pairs"] == 3
