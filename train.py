@@ -8,6 +8,7 @@
 Stopping is safe at any moment (Ctrl-C and SIGTERM save first; SIGKILL loses at most the steps since
 the last save): running the same command again continues from RUN_DIR/last.pt, bit for bit.
 """
+import copy
 import json
 import signal
 import sys
@@ -376,8 +377,13 @@ def main(cfg: Config):
         G_best.pt when --best-metric improves. G's state and every RNG stream are left untouched.
         Returns the seconds it took."""
         t0 = time.perf_counter()
-        metrics, rows, _ = evaluate.evaluate_pairs(G, val_pairs, cfg.direction, device, paper=True,
+        # Dropout masks follow the memory layout: a contiguous copy reports exactly what evaluate.py
+        # reports for the saved weights
+        G_val = G if memory_format == torch.contiguous_format else \
+            copy.deepcopy(G).to(memory_format=torch.contiguous_format)
+        metrics, rows, _ = evaluate.evaluate_pairs(G_val, val_pairs, cfg.direction, device, paper=True,
                                                    seed=cfg.seed, inception=inception)
+        del G_val
         row = {"step": step, "epoch": step / steps_per_epoch, **{f"val_{k}": v for k, v in metrics.items()},
                "val_images": len(rows), "val_seconds": time.perf_counter() - t0}
         write_row(row, force_plot=True)

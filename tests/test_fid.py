@@ -7,7 +7,6 @@ import sys
 import numpy as np
 import pytest
 import torch
-import torch.nn as nn
 
 import evaluate
 import fid
@@ -57,24 +56,6 @@ def test_kid_is_unbiased():
     assert abs(same["kid"]) < 0.02 * shifted["kid"] and shifted["kid"] > 10 * shifted["kid_std"]
     with pytest.raises(InputError, match="KID needs at least 2 images"):
         fid.kid_from_features(f[:1], g)
-
-
-def random_inception(path):
-    """The FID Inception's layout (torchvision's Inception v3 with 1008 classes, as in the published
-    file) with random weights scaled so that activations stay finite."""
-    import torchvision
-    torch.manual_seed(0)
-    net = torchvision.models.inception_v3(weights=None, aux_logits=False, num_classes=1008, init_weights=False)
-    for m in net.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
-    torch.save(net.state_dict(), path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def inception_file(tmp_path_factory):
-    return random_inception(tmp_path_factory.mktemp("inception") / fid.WEIGHTS_NAME)
 
 
 def test_pipeline_with_random_inception_weights(tmp_path, inception_file):
