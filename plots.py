@@ -98,7 +98,7 @@ def plot_curves(rows: list[dict], path):
 class Curves:
     """Keeps a run's curves.png current as rows are logged. A redraw (~0.2 s) is skipped while drawing
     would take more than `share` of the elapsed time, so a fast run with frequent rows is not slowed
-    down; the next forced redraw (validation rows, the end of the run) catches up."""
+    down; a later row or the end of the run (finish) catches up."""
 
     def __init__(self, log_path, out, share=0.05):
         self.log_path, self.out, self.share = Path(log_path), Path(out), share

@@ -360,11 +360,11 @@ def main(cfg: Config):
         if tb is not None:
             tb.add_image("samples", np.asarray(img), step, dataformats="HWC")
 
-    def write_row(row: dict, force_plot=False):
+    def write_row(row: dict):
         """Append a row to metrics.jsonl, redraw curves.png, and mirror the scalars to TensorBoard."""
         with open(log_path, "a") as f:
             f.write(json.dumps(row) + "\n")
-        curves.update(force=force_plot)
+        curves.update()
         if tb is not None:
             for key, value in row.items():
                 if key != "step" and isinstance(value, (int, float)):
@@ -386,7 +386,7 @@ def main(cfg: Config):
         del G_val
         row = {"step": step, "epoch": step / steps_per_epoch, **{f"val_{k}": v for k, v in metrics.items()},
                "val_images": len(rows), "val_seconds": time.perf_counter() - t0}
-        write_row(row, force_plot=True)
+        write_row(row)
         if best.update(metrics.get(cfg.best_metric), step):
             atomic_save({"version": CKPT_VERSION, "G": G.state_dict(), "config": cfg.to_dict(), "step": step,
                          "metric": cfg.best_metric, "value": best.value, "val": metrics}, run_dir / "G_best.pt")
