@@ -1,4 +1,5 @@
 """torchrun: 2 CPU processes with gloo train, checkpoint on rank 0 and resume exactly."""
+import json
 import subprocess
 import sys
 
@@ -27,5 +28,6 @@ def test_two_processes_train_and_resume_exactly(tmp_path):
     assert not torch.equal(a["rng"][0]["torch"], a["rng"][1]["torch"])  # own dropout stream per process
     for key in ("G", "D", "opt_G", "opt_D", "rng"):
         assert_same(a[key], b[key], key)
-    rows = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
-    assert len(rows) == 4  # rank 0 logs; resumed rows replace nothing twice
+    rows = [json.loads(r) for r in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss_D" in r] == [1, 2, 3, 4]  # rank 0 logs; nothing twice
+    assert [r["step"] for r in rows if "val_l1" in r] == [2, 3, 4]  # rank 0 validates: each epoch, each end

@@ -1,6 +1,7 @@
 """Validation during training: val_ rows, G_best.pt, curves.png, exact resume, and an unchanged trajectory."""
 import json
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ from PIL import Image
 import evaluate
 import train as train_mod
 from config import METRIC_GOALS, parse_config
-from conftest import TINY, assert_same, train
+from conftest import assert_same, train
 from generator import load_generator
 from utils import InputError
 
@@ -96,6 +97,12 @@ def test_resume_keeps_best_and_does_not_duplicate_validation_rows(tmp_path, data
     assert fresh["best"]["step"] == 10 and [r["step"] for r in rows_of(run) if "val_l1" in r] == [5, 10]
 
 
+def test_default_validates_each_epoch_and_at_the_end(tmp_path, data):
+    train("--data-root", data, "--run-dir", tmp_path / "r", "--max-steps", 6, "--val-samples", 1)  # 4 pairs
+    val = [r for r in rows_of(tmp_path / "r") if "val_l1" in r]
+    assert [(r["step"], r["val_images"]) for r in val] == [(4, 1), (6, 1)]
+
+
 def test_best_metric_direction_and_flags(capsys):
     low, high = train_mod.BestMetric("l1"), train_mod.BestMetric("psnr")
     assert [low.update(v, s) for s, v in enumerate([0.5, 0.6, 0.4, None, float("nan")])] == \
@@ -117,14 +124,20 @@ def test_val_fid_and_tensorboard_fail_in_one_line_before_training(tmp_path, data
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
     with pytest.raises(InputError, match="pt_inception-2015-12-05-6726825d.pth"):
         train("--data-root", data, "--run-dir", tmp_path / "r", "--val-fid")
-    assert not (tmp_path / "r").exists()
-    try:
-        import torch.utils.tensorboard  # noqa: F401
-    except ImportError:
+    with monkeypatch.context() as m:
+        m.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if the package were not installed
         with pytest.raises(InputError, match="--tensorboard: the tensorboard package is not installed"):
             train("--data-root", data, "--run-dir", tmp_path / "r", "--tensorboard")
-        assert not (tmp_path / "r").exists()
-    else:
-        train("--data-root", data, "--run-dir", tmp_path / "r", "--tensorboard", "--max-steps", 2,
-              "--val-every", 2, "--sample-every", 2)
-        assert list((tmp_path / "r" / "tb").glob("events.out.tfevents.*"))
+    assert not (tmp_path / "r").exists()
+
+
+def test_tensorboard_gets_scalars_and_grids(tmp_path, data):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    train("--data-root", data, "--run-dir", tmp_path / "r", "--tensorboard", "--max-steps", 2,
+          "--val-every", 2, "--sample-every", 2)
+    events = EventAccumulator(str(tmp_path / "r" / "tb"), size_guidance={"images": 0})
+    events.Reload()
+    tags = events.Tags()
+    assert {"train/loss_D", "train/loss_G_l1", "val/l1", "val/miou_structure"} <= set(tags["scalars"])
+    assert [e.step for e in events.Scalars("val/l1")] == [2] and "samples" in tags["images"]
