@@ -14,6 +14,10 @@ from pathlib import Path
 
 
 DEVICES = ["auto", "cpu", "cuda", "mps"]
+# The validation metrics of evaluate.py and which way is better: any of them can pick G_best.pt
+METRIC_GOALS = {"l1": "min", "psnr": "max", "ssim": "max", "rmse": "min", "acc5": "max", "acc10": "max",
+                "iou_background": "max", "iou_road": "max", "iou_highway": "max", "iou_water": "max",
+                "iou_park": "max", "miou_structure": "max", "fid": "min", "kid": "min"}
 
 
 def opt(default, help, **kw):
@@ -76,6 +80,18 @@ class Config:
     sample_every: int = opt(1000, "save a grid of validation samples every N steps")
     log_every: int = opt(100, "append losses to RUN_DIR/metrics.jsonl every N steps")
     num_samples: int = opt(8, "validation pairs in the sample grid")
+    tensorboard: bool = opt(False, "also write the logged scalars and sample grids to RUN_DIR/tb "
+                            "(needs the tensorboard package)")
+    # validation
+    validate: bool = opt(True, "measure evaluate.py's metrics on validation pairs during training "
+                         "(--no-validate turns it off; training is the same either way)")
+    val_every: int = opt(0, "validate every N steps and at the end (0: at the end of every epoch)")
+    val_samples: int = opt(100, "validation pairs, spread evenly over the sorted val split (0: all)")
+    best_metric: str = opt("l1", "validation metric that picks RUN_DIR/G_best.pt (l1, rmse, fid, kid: "
+                           "lower is better; the others higher)", choices=list(METRIC_GOALS))
+    val_fid: bool = opt(False, "also FID and KID in validation (needs the Inception weights file)")
+    inception_weights: str = opt("", "the FID Inception weights pt_inception-2015-12-05-6726825d.pth "
+                                 "(default: the torch hub cache, where pytorch-fid keeps it)")
 
     def __post_init__(self):
         self.name = self.name or Path(self.data_root).resolve().name or "run"
@@ -94,6 +110,8 @@ class Config:
             "--lambda-l1": math.isfinite(self.lambda_l1) and self.lambda_l1 >= 0,
             "--workers": self.workers >= 0,
             "--num-samples": self.num_samples >= 1,
+            "--val-every": self.val_every >= 0 and self.val_samples >= 0,
+            "--best-metric": self.val_fid or self.best_metric not in ("fid", "kid"),
         }
         expected = {
             "--load-size": f"at least --crop-size ({self.crop_size})",
@@ -109,6 +127,8 @@ class Config:
             "--lambda-l1": "a weight >= 0",
             "--workers": "0 or more worker processes",
             "--num-samples": "at least 1",
+            "--val-every": "--val-every and --val-samples >= 0 (0: the default)",
+            "--best-metric": f"--val-fid with --best-metric {self.best_metric}, or another metric",
         }
         bad = [f"{flag}: expected {expected[flag]}" for flag, ok in checks.items() if not ok]
         if bad:

@@ -1,21 +1,25 @@
-"""Evaluate a generator on a split: sample grids, pixel metrics and map-structure IoU.
+"""Evaluate a generator on a split: sample grids, pixel metrics, map-structure IoU, FID and KID.
 
     python evaluate.py --weights weights/maps/G.pt --data-root data/maps --split val --out eval/
     python evaluate.py --weights sat2map --eval --out eval/sat2map
+    python evaluate.py --weights sat2map --fid --inception-weights pt_inception-2015-12-05-6726825d.pth --out eval/
 
 Writes OUT/grid_input.png, grid_output.png, grid_target.png (3x8), grid_triplets.png (input | output |
-target per row), metrics.json, per_image.csv, and prints a table. Metrics are defined in README.md.
+target per row), metrics.json, per_image.csv, and prints a table. Metrics are defined in README.md;
+`evaluate_pairs` computes them, here and in train.py's validation.
 """
 import csv
 import json
 import math
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
 import dataset
+import fid
 from config import WEIGHTS_HELP, add_device, command_parser
 from generator import inference, load_generator, tta
 from utils import InputError, pick_device, run_command, save_grid
@@ -97,6 +101,44 @@ class StructureIoU:
         return iou
 
 
+def evaluate_pairs(G, pairs, direction="AtoB", device="cpu", paper=True, seed=0, keep=(), inception=None,
+                   desc=None, use_tta=False):
+    """Translate every pair at 256x256 (one image per call, as the paper tests) and measure it.
+
+    paper=True is the paper's test-time mode with dropout seeded by seed + index (generator.inference:
+    G's running statistics and the caller's RNG streams are left as they were). inception (from
+    fid.load_inception) adds fid, kid and kid_std; use_tta averages each output over the 8 flips and
+    rotations of its input (generator.tta). Returns (metrics, rows, kept): split-level metrics
+    (pixel metrics averaged over images, IoUs over the split), one row per image, and
+    {index: (real_A, fake_B, real_B)} on the CPU for the indices in keep. Undecodable pairs are skipped."""
+    device = torch.device(device)
+    rows, kept, iou, feats = [], {}, StructureIoU(), ([], [])
+    for i, pair in enumerate(tqdm(pairs, desc=desc, unit="img", disable=desc is None)):
+        try:
+            x = dataset.decode_pair(pair, 256)[None].to(device).float() / 127.5 - 1
+        except dataset.DataError as e:
+            print(f"skipped: {e}")
+            continue
+        real_A, real_B = (x[:, :3], x[:, 3:]) if direction == "AtoB" else (x[:, 3:], x[:, :3])
+        with inference(G, paper=paper, seed=seed + i):
+            fake_B = tta(G, real_A, separate=paper) if use_tta else G(real_A).float()
+        m = pixel_metrics(fake_B, real_B)
+        rows.append({"name": pair.name, **{k: v.item() for k, v in m.items()}})
+        iou.update(fake_B, real_B)
+        if inception is not None:
+            feats[0].append(fid.features(inception, fake_B))
+            feats[1].append(fid.features(inception, real_B))
+        if i in keep:
+            kept[i] = (real_A.cpu(), fake_B.cpu(), real_B.cpu())
+    if not rows:
+        raise InputError(f"{len(pairs)} pair(s), none could be evaluated")
+    metrics = {k: sum(r[k] for r in rows) / len(rows) for k in rows[0] if k != "name"}
+    metrics.update(iou.result())
+    if inception is not None:
+        metrics.update(fid.scores(np.concatenate(feats[0]), np.concatenate(feats[1])))
+    return metrics, rows, kept
+
+
 def main(argv=None):
     p = command_parser("Evaluate a pix2pix generator on a split: grids, pixel metrics, structure IoU.")
     p.add_argument("--weights", required=True, help=WEIGHTS_HELP)
@@ -109,7 +151,9 @@ def main(argv=None):
     p.add_argument("--eval", action="store_true", help="running BatchNorm statistics, no dropout")
     p.add_argument("--tta", action="store_true", help="average the output over the 8 flips/rotations of each input")
     p.add_argument("--direction", choices=["AtoB", "BtoA"], help="override the weights' direction")
-    p.add_argument("--fid", action="store_true", help="also compute FID (needs local Inception weights)")
+    p.add_argument("--fid", action="store_true", help="also FID and KID of the outputs against the targets")
+    p.add_argument("--inception-weights", default=None, help=f"{fid.WEIGHTS_NAME} for --fid "
+                   "(default: the torch hub cache, where pytorch-fid keeps it)")
     add_device(p)
     args = p.parse_args(argv)
     if args.samples < 1:
@@ -118,41 +162,25 @@ def main(argv=None):
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out}: is a file, expected a folder")
     device = pick_device(args.device)
+    inception = fid.load_inception(args.inception_weights, device) if args.fid else None
     G, config = load_generator(args.weights, device)
     direction = args.direction or config["direction"]
     pairs = dataset.open_split(args.data_root, args.split, skip_bad=True)
-    if args.fid:
-        raise InputError("--fid: no Inception weights on this machine; FID needs pytorch-fid or torch-fidelity "
-                         "with their weights file present locally (they are not bundled)")
     if args.seed is None:
         chosen = set(range(min(args.samples, len(pairs))))
     else:
         chosen = set(torch.randperm(len(pairs), generator=torch.Generator().manual_seed(args.seed))[:args.samples].tolist())
     out.mkdir(parents=True, exist_ok=True)
-    rows, grid, iou = [], {"input": [], "output": [], "target": []}, StructureIoU()
-    for i, pair in enumerate(tqdm(pairs, desc=f"evaluate {args.split}", unit="img")):
-        try:
-            x = dataset.decode_pair(pair, 256)[None].to(device).float() / 127.5 - 1
-        except dataset.DataError as e:
-            print(f"skipped: {e}")
-            continue
-        real_A, real_B = (x[:, :3], x[:, 3:]) if direction == "AtoB" else (x[:, 3:], x[:, :3])
-        with inference(G, paper=not args.eval, seed=(args.seed or 0) + i):
-            fake_B = tta(G, real_A, separate=not args.eval) if args.tta else G(real_A).float()
-        m = pixel_metrics(fake_B, real_B)
-        rows.append({"name": pair.name, **{k: v.item() for k, v in m.items()}})
-        iou.update(fake_B, real_B)
-        if i in chosen:
-            for key, t in (("input", real_A), ("output", fake_B), ("target", real_B)):
-                grid[key].append(t.cpu())
-    if not rows:
-        raise InputError(f"{args.data_root}/{args.split}: no image could be evaluated")
+    try:
+        metrics, rows, kept = evaluate_pairs(G, pairs, direction, device, paper=not args.eval, seed=args.seed or 0,
+                                             keep=chosen, inception=inception, use_tta=args.tta, desc=f"evaluate {args.split}")
+    except InputError as e:
+        raise InputError(f"{args.data_root}/{args.split}: {e}") from None
+    grid = {key: [kept[i][k] for i in sorted(kept)] for k, key in enumerate(("input", "output", "target"))}
     for key, images in grid.items():
         save_grid([torch.cat(images)], out / f"grid_{key}.png", nrow=8)
     triplets = torch.stack([torch.cat(grid[k]) for k in ("input", "output", "target")], 1).flatten(0, 1)
     save_grid([triplets], out / "grid_triplets.png", nrow=3)
-    metrics = {k: sum(r[k] for r in rows) / len(rows) for k in rows[0] if k != "name"}
-    metrics.update(iou.result())
     metrics.update({"images": len(rows), "split": args.split, "weights": args.weights,
                     "mode": "eval" if args.eval else "paper"})
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")

@@ -2,18 +2,21 @@
 
     python train.py                                   # paper settings on data/maps
     python train.py --data-root data/facades --name facades --direction BtoA
+    python train.py --val-every 500 --best-metric miou_structure --tensorboard
     torchrun --nproc_per_node 4 train.py              # one process per GPU
     torchrun --nnodes 2 --node-rank R --nproc-per-node 8 --master-addr HOST --master-port 29500 train.py
 
 Stopping is safe at any moment (Ctrl-C and SIGTERM save first; SIGKILL loses at most the steps since
 the last save): running the same command again continues from RUN_DIR/last.pt, bit for bit.
 """
+import copy
 import json
 import signal
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
@@ -23,7 +26,10 @@ from tqdm import tqdm
 
 import cache
 import dataset
-from config import ARCH_FIELDS, Config, parse_config
+import evaluate
+import fid
+import plots
+from config import ARCH_FIELDS, METRIC_GOALS, Config, parse_config
 from discriminator import Discriminator
 from generator import Generator, init_weights, inference
 from utils import (InputError, all_agree, amp_dtype, atomic_save, atomic_write_text, available_ram,
@@ -38,6 +44,8 @@ CKPT_VERSION = 1
 CACHE_SHARE = 0.5
 # What a training checkpoint holds besides the state_dict of each object in main's `state`
 CKPT_KEYS = ("version", "step", "epoch", "config", "rng", "data")
+# Added to `state` later: a checkpoint without them still resumes, with their fresh state
+NEWER_KEYS = ("best",)
 
 # ----------------------------------------------------------------------------------------------------
 # Helpers
@@ -122,6 +130,50 @@ def sample_batch(pairs, cfg: Config) -> torch.Tensor:
     if not out:
         raise InputError(f"{cfg.data_root}: no decodable validation pair for the sample grid")
     return torch.stack(out)
+
+
+def validation_pairs(cfg: Config) -> list:
+    """The pairs validation measures: --val-samples of the val split (train/ if there is none), spread
+    evenly over its sorted names, the same ones at every validation."""
+    root = Path(cfg.data_root)
+    pairs = dataset.open_split(root, "val" if (root / "val").is_dir() else "train", True, full=False)
+    n = cfg.val_samples
+    return pairs if n == 0 or n >= len(pairs) else [pairs[i * len(pairs) // n] for i in range(n)]
+
+
+class BestMetric:
+    """Best validation value of one metric so far and its step; in last.pt, so a resumed run keeps it."""
+
+    def __init__(self, metric: str):
+        self.metric, self.value, self.step = metric, None, None
+
+    def update(self, value, step: int) -> bool:
+        """Record value if it beats the best so far; True when it does."""
+        if value is None or value != value:  # an IoU of a class absent everywhere, or NaN
+            return False
+        better = max if METRIC_GOALS[self.metric] == "max" else min
+        if self.value is not None and better(value, self.value) == self.value:
+            return False
+        self.value, self.step = value, step
+        return True
+
+    def state_dict(self) -> dict:
+        return {"metric": self.metric, "value": self.value, "step": self.step}
+
+    def load_state_dict(self, state: dict):
+        if state["metric"] == self.metric:  # another --best-metric now: its best starts over
+            self.value, self.step = state["value"], state["step"]
+
+
+def tensorboard_writer(cfg: Config):
+    """The SummaryWriter class for --tensorboard, else None; checked before anything is written."""
+    if not cfg.tensorboard:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise InputError("--tensorboard: the tensorboard package is not installed (pip install tensorboard)") from None
+    return SummaryWriter
 
 
 def epoch_batches(train, rows: torch.Tensor, cfg: Config):
@@ -256,7 +308,11 @@ def main(cfg: Config):
                 "channels_last": "on" if memory_format == torch.channels_last else "off", "world_size": world,
                 "backend": dist.get_backend() if dist.is_initialized() else "none"}
 
+    SummaryWriter = tensorboard_writer(cfg)
+    inception = fid.load_inception(cfg.inception_weights or None, device) \
+        if is_main and cfg.validate and cfg.val_fid else None
     train, val = load_data(cfg, rank, device)
+    val_pairs = validation_pairs(cfg) if is_main and cfg.validate else []
     mapped = isinstance(train, cache.CachedPairs) and train.mapped
     resolved["data_cache"] = "disk" if mapped else "memory" if isinstance(train, cache.CachedPairs) else "off"
     if ckpt is not None:
@@ -278,13 +334,16 @@ def main(cfg: Config):
     sched_D = torch.optim.lr_scheduler.LambdaLR(opt_D, lr_lambda(cfg))
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     # What a checkpoint holds besides step, RNG, config and data: adding state is one line here
+    best = BestMetric(cfg.best_metric)
     state = {"G": G, "D": D, "opt_G": opt_G, "opt_D": opt_D, "sched_G": sched_G, "sched_D": sched_D,
-             "scaler": scaler}
+             "scaler": scaler, "best": best}
 
     step = 0
     if ckpt is not None:
-        check_compatible(ckpt, cfg, resume, tuple(state))
+        check_compatible(ckpt, cfg, resume, tuple(k for k in state if k not in NEWER_KEYS))
         for key, obj in state.items():
+            if key in NEWER_KEYS and key not in ckpt:
+                continue
             try:
                 obj.load_state_dict(ckpt[key])
             except (RuntimeError, ValueError, KeyError, TypeError) as e:
@@ -300,6 +359,7 @@ def main(cfg: Config):
         if ckpt is not None:
             print(f"resuming from {resume} at step {step}")
             trim_metrics(run_dir / "metrics.jsonl", step)
+    tb = SummaryWriter(str(run_dir / "tb")) if SummaryWriter is not None and is_main else None
     G_train, D_train = G, D
     if dist.is_initialized():  # also for one process, so a one-GPU torchrun runs the multi-GPU code
         G_train = DistributedDataParallel(G, device_ids=[device.index] if device.type == "cuda" else None)
@@ -314,6 +374,7 @@ def main(cfg: Config):
              f"--batch-size {cfg.batch_size} x {world} process(es)")
     total = (cfg.epochs + cfg.epochs_decay) * steps_per_epoch
     end = min(total, cfg.max_steps) if cfg.max_steps else total
+    val_every = cfg.val_every or steps_per_epoch
 
     def save():
         """last.pt holds everything needed to continue bit for bit; G.pt is for inference."""
@@ -336,10 +397,47 @@ def main(cfg: Config):
         with inference(G, paper=True, seed=cfg.seed):
             fake_B = G(real_A)
         grid = torch.stack([real_A, fake_B, real_B], 1).flatten(0, 1)
-        save_grid([grid], run_dir / "samples" / f"step_{step:07d}.png", nrow=3)
+        titles = ["satellite", "generated", "map"]
+        img = save_grid([grid], run_dir / "samples" / f"step_{step:07d}.png", nrow=3,
+                        titles=titles if cfg.direction == "AtoB" else titles[::-1], caption=f"step {step}")
+        if tb is not None:
+            tb.add_image("samples", np.asarray(img), step, dataformats="HWC")
+
+    def write_row(row: dict):
+        """Append a row to metrics.jsonl, redraw curves.png, and mirror the scalars to TensorBoard."""
+        with open(log_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        curves.update()
+        if tb is not None:
+            for key, value in row.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    tb.add_scalar(key.replace("val_", "val/", 1) if key.startswith("val_") else f"train/{key}",
+                                  value, step)
+            tb.flush()
+
+    def validate() -> float:
+        """evaluate.py's metrics on the validation pairs in the paper's test-time mode as a val_ row;
+        G_best.pt when --best-metric improves. G's state and every RNG stream are left untouched.
+        Returns the seconds it took."""
+        t0 = time.perf_counter()
+        # Dropout masks follow the memory layout: a contiguous copy reports exactly what evaluate.py
+        # reports for the saved weights
+        G_val = G if memory_format == torch.contiguous_format else \
+            copy.deepcopy(G).to(memory_format=torch.contiguous_format)
+        metrics, rows, _ = evaluate.evaluate_pairs(G_val, val_pairs, cfg.direction, device, paper=True,
+                                                   seed=cfg.seed, inception=inception)
+        del G_val
+        row = {"step": step, "epoch": step / steps_per_epoch, **{f"val_{k}": v for k, v in metrics.items()},
+               "val_images": len(rows), "val_seconds": time.perf_counter() - t0}
+        write_row(row)
+        if best.update(metrics.get(cfg.best_metric), step):
+            atomic_save({"version": CKPT_VERSION, "G": G.state_dict(), "config": cfg.to_dict(), "step": step,
+                         "metric": cfg.best_metric, "value": best.value, "val": metrics}, run_dir / "G_best.pt")
+        return row["val_seconds"]
 
     stop = StopFlag()
     log_path = run_dir / "metrics.jsonl"
+    curves = plots.Curves(log_path, run_dir / "curves.png")
     sums = torch.zeros(3, device=device)  # running loss sums, read back only when logged
     t_log, n_log, t_start = time.perf_counter(), 0, time.perf_counter()
     if step == 0:
@@ -374,12 +472,13 @@ def main(cfg: Config):
                        "img_per_s": n_log * cfg.batch_size * world / (now - t_log),
                        "seconds": now - t_start}
                 if is_main:
-                    with open(log_path, "a") as f:
-                        f.write(json.dumps(row) + "\n")
+                    write_row(row)
                     bar.set_postfix(epoch=epoch + 1, D=f"{means[0]:.3f}", G_gan=f"{means[1]:.3f}",
                                     G_l1=f"{means[2]:.3f}")
                 sums.zero_()
                 t_log, n_log = now, 0
+            if is_main and cfg.validate and (step % val_every == 0 or step == end):
+                t_log += validate()  # img_per_s counts training only
             if step % cfg.sample_every == 0 or last:
                 sample()
             if step % cfg.save_every == 0 or last:
@@ -388,8 +487,13 @@ def main(cfg: Config):
                 break
     bar.close()
     if is_main:
+        curves.finish()
         why = "stopped by signal" if stop.set else "done"
         print(f"{why} at step {step}/{total}; checkpoint {run_dir / 'last.pt'}, generator {run_dir / 'G.pt'}")
+        if best.step is not None:
+            print(f"best val_{cfg.best_metric} {best.value:.4f} at step {best.step}: {run_dir / 'G_best.pt'}")
+    if tb is not None:
+        tb.close()
     if dist.is_initialized():
         dist.destroy_process_group()
 

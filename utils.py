@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 from torchvision.utils import make_grid
 
 
@@ -248,11 +248,29 @@ def save_image(img: Image.Image, path, **kw):
         tmp.unlink(missing_ok=True)
 
 
-def save_grid(rows, path, nrow=None):
-    """Save image tensors in [-1, 1] (N, 3, H, W) as one PNG grid, nrow images per row."""
+def save_grid(rows, path, nrow=None, titles=None, caption=None) -> Image.Image:
+    """Save image tensors in [-1, 1] (N, 3, H, W) as one PNG grid, nrow images per row; titles name
+    the columns and caption (e.g. the step) leads a header strip above them. Returns the image."""
     x = torch.cat([r.detach().float().cpu() for r in rows])
     grid = make_grid(x, nrow=nrow or len(rows), padding=2, normalize=True, value_range=(-1, 1))
-    save_image(Image.fromarray(grid.mul(255).round().byte().permute(1, 2, 0).numpy()), path)
+    img = Image.fromarray(grid.mul(255).round().byte().permute(1, 2, 0).numpy())
+    if titles or caption:
+        img = with_header(img, titles or [], caption, cell=x.shape[-1] + 2)
+    save_image(img, path)
+    return img
+
+
+def with_header(img: Image.Image, titles, caption, cell: int, height: int = 22) -> Image.Image:
+    """img under a white strip: caption at the left, titles centred on columns `cell` pixels wide."""
+    out = Image.new("RGB", (img.width, img.height + height), "white")
+    out.paste(img, (0, height))
+    draw = ImageDraw.Draw(out)
+    font = ImageFont.load_default(size=14)
+    for i, title in enumerate(titles):
+        draw.text((2 + i * cell + cell // 2, height // 2), title, fill="black", font=font, anchor="mm")
+    if caption:
+        draw.text((4, height // 2), caption, fill=(90, 90, 90), font=font, anchor="lm")
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------

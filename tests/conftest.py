@@ -63,6 +63,24 @@ def maps_sample(tmp_path):
     return tmp_path / "maps"
 
 
+@pytest.fixture(scope="session")
+def inception_file(tmp_path_factory):
+    """A stand-in for the FID Inception weights file: its layout (torchvision's Inception v3 with 1008
+    classes, as in the published file) with random weights, scaled so that activations stay finite."""
+    import torch
+    import torch.nn as nn
+    import torchvision
+    path = tmp_path_factory.mktemp("inception") / "pt_inception-2015-12-05-6726825d.pth"
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        net = torchvision.models.inception_v3(weights=None, aux_logits=False, num_classes=1008, init_weights=False)
+        for m in net.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+    torch.save(net.state_dict(), path)
+    return path
+
+
 def train(*args):
     """Run train.main in this process with tiny widths; returns the run folder's last checkpoint."""
     import torch

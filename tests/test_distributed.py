@@ -1,5 +1,6 @@
 """torchrun: 2 CPU processes with gloo train, checkpoint on rank 0 and resume exactly, on one node and
 across two "nodes" (two torchrun launches on 127.0.0.1) alike."""
+import json
 import os
 import socket
 import subprocess
@@ -70,8 +71,9 @@ def test_two_processes_train_and_resume_exactly(tmp_path, one_node):
     assert not torch.equal(a["rng"][0]["torch"], a["rng"][1]["torch"])  # own dropout stream per process
     for key in ("G", "D", "opt_G", "opt_D", "rng"):
         assert_same(a[key], b[key], key)
-    rows = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
-    assert len(rows) == 4  # rank 0 logs; resumed rows replace nothing twice
+    rows = [json.loads(r) for r in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss_D" in r] == [1, 2, 3, 4]  # rank 0 logs; nothing twice
+    assert [r["step"] for r in rows if "val_l1" in r] == [2, 3, 4]  # rank 0 validates: each epoch, each end
 
 
 def test_two_nodes_train_what_one_node_trains_and_resume(tmp_path, one_node):

@@ -14,6 +14,12 @@ from conftest import ROOT, TINY, assert_same, make_dataset, train
 STATE = ("G", "D", "opt_G", "opt_D", "sched_G", "sched_D", "scaler", "rng", "step", "epoch")
 
 
+def training_rows(run_dir):
+    """metrics.jsonl without the validation rows (tests/test_validation.py checks those)."""
+    rows = [json.loads(r) for r in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if "loss_D" in r]
+
+
 @pytest.mark.parametrize("first", [3, 4])  # 4 training pairs: step 4 ends epoch 1
 def test_resume_is_bit_identical(tmp_path, data, first):
     straight = train("--data-root", data, "--run-dir", tmp_path / "a", "--max-steps", 6)
@@ -39,7 +45,7 @@ def test_checkpoint_contents_and_run_folder(tmp_path, data):
     assert {"python", "numpy", "torch"} <= ckpt["rng"][0].keys()
     g = torch.load(tmp_path / "r" / "G.pt", weights_only=True)
     assert_same(g["G"], ckpt["G"])
-    rows = [json.loads(r) for r in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    rows = training_rows(tmp_path / "r")
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]
     assert {"loss_D", "loss_G_gan", "loss_G_l1", "lr", "seconds", "epoch"} <= rows[0].keys()
     assert json.loads((tmp_path / "r" / "config.json").read_text())["max_steps"] == 5
@@ -49,7 +55,7 @@ def test_checkpoint_contents_and_run_folder(tmp_path, data):
 
 def test_lr_is_constant_then_decays_linearly(tmp_path, data):
     train("--data-root", data, "--run-dir", tmp_path / "r", "--epochs", 1, "--epochs-decay", 2)
-    rows = [json.loads(r) for r in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    rows = training_rows(tmp_path / "r")
     lrs = {r["step"]: r["lr"] for r in rows}  # logged after the step, so the epoch-end rows show the next lr
     assert lrs[1] == lrs[3] == 2e-4
     assert lrs[4] == pytest.approx(2e-4 * 2 / 3) and lrs[8] == pytest.approx(2e-4 / 3)
@@ -99,7 +105,7 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
 def test_smoke_on_real_maps_sample(tmp_path, maps_sample):
     ckpt = train("--data-root", maps_sample, "--run-dir", tmp_path / "r", "--max-steps", 30,
                  "--log-every", 10, "--sample-every", 30)
-    rows = [json.loads(r) for r in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    rows = training_rows(tmp_path / "r")
     assert ckpt["step"] == 30 and len(rows) == 3
     assert rows[-1]["loss_G_l1"] < rows[0]["loss_G_l1"]  # it learns something in 30 steps
     assert (tmp_path / "r" / "samples" / "step_0000030.png").is_file()
