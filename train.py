@@ -443,7 +443,8 @@ def main(cfg: Config):
     if step == 0:
         sample()  # the untrained generator: every later grid is compared with this one
     bar = tqdm(total=end, initial=step, disable=not is_main, unit="step", dynamic_ncols=True)
-    while step < end and not stop.set:
+    stopping = False  # agreed by every process; a signal before the first step still ends in a save
+    while step < end and not stopping:
         epoch, first = divmod(step, steps_per_epoch)
         plan = dataset.jitter_plan(len(train), cfg.seed, epoch, cfg.load_size, cfg.crop_size, cfg.flip)
         rows = plan[: steps_per_epoch * cfg.batch_size * world].view(steps_per_epoch, world, cfg.batch_size, 4)

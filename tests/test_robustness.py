@@ -64,7 +64,8 @@ def test_paper_mode_restores_buffers_after_an_exception():
 
 
 def rows(run_dir):
-    return [json.loads(r) for r in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    """The training rows of metrics.jsonl (validation rows carry val_ metrics instead of losses)."""
+    return [row for row in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if "loss_D" in row]
 
 
 def test_closed_pipe_then_ctrl_c_still_saves_with_a_stop_row_and_grid(tmp_path):
