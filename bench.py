@@ -7,8 +7,9 @@ and (--data) the data path against dataset size.
     python bench.py --data --sizes 1000,4000,16000                    # memory vs mapped file vs size
 
 Reference: eager float32, contiguous memory, the PIL data path (decode + resize every step),
-PyTorch's default Adam, no compile. Ours: the train.py defaults (cached uint8 pairs jittered on the
-device, channels-last, bf16 autocast where the device runs it fast, fused Adam), plus --compile.
+PyTorch's default Adam, no compile. Ours: the train.py defaults for training (cached uint8 pairs
+jittered on the device, channels-last, bf16 autocast where the device runs it fast, fused Adam) and
+the predict.py --eval defaults for inference (bf16 weights where fast, channels-last), plus --compile.
 Times are torch.utils.benchmark medians with their interquartile range over repeated blocks; the
 device's peak is a large matmul timed in the same run, and each mode reports its share of it. FLOPs are
 counted with torch.utils.flop_counter; figures are the full-size U-Net-256 at 256x256.
@@ -29,7 +30,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import cache
 import dataset
-from config import Config
+from config import Config, add_device, command_parser
 from discriminator import Discriminator
 from generator import Generator, init_weights
 from train import gan_step, to_pair
@@ -46,7 +47,9 @@ def measure(fn, warmup: int, min_time: float) -> tuple[float, float]:
     torch.utils.benchmark sizes to take min_time in all (it synchronises CUDA around each block)."""
     for _ in range(warmup):
         fn()
-    m = benchmark.Timer(stmt="fn()", globals={"fn": fn}).blocked_autorange(min_run_time=min_time)
+    # num_threads: Timer runs on one thread unless told, which is not how training runs
+    m = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads()).blocked_autorange(
+        min_run_time=min_time)
     return m.median, m.iqr
 
 
@@ -131,9 +134,10 @@ def bench_infer(device, fast, compile_mode, batch, warmup, min_time):
     fmt = torch.channels_last if fast else torch.contiguous_format
     G = G.to(memory_format=fmt)
     dtype = amp_dtype("auto", device) if fast else None
+    G = G.to(dtype or torch.float32)  # as predict.py --amp auto: the weights themselves, no per-call casts
     run = torch.compile(G, mode=None if compile_mode == "default" else compile_mode) if fast and compile_mode != "off" else G
-    x = (torch.rand(batch, 3, 256, 256, device=device) * 2 - 1).contiguous(memory_format=fmt)
-    with torch.inference_mode(), torch.autocast(device.type, dtype, enabled=dtype is not None):
+    x = (torch.rand(batch, 3, 256, 256, device=device) * 2 - 1).to(dtype or torch.float32).contiguous(memory_format=fmt)
+    with torch.inference_mode():
         median, iqr = measure(lambda: run(x), warmup, min_time)
         with FlopCounterMode(display=False) as fc:
             G(x)
@@ -265,9 +269,9 @@ def main_data(args):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description="Benchmark training and inference against a reference, "
-                                "or (--data) the data path against dataset size.")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="device to measure")
+    p = command_parser("Benchmark training and inference against a reference, or (--data) the data path "
+                       "against dataset size.")
+    add_device(p)
     p.add_argument("--quick", action="store_true", help="short timings (under a minute on CPU)")
     p.add_argument("--compile", default="off", choices=["off", "default", "reduce-overhead", "max-autotune"],
                    help="torch.compile mode for our training step and inference")

@@ -8,7 +8,6 @@ percentile stretch, masks and the COG output are all measured) by a randomly ini
 (speed does not depend on the weights). Every run is its own process; its peak RSS is the kernel's
 high-water mark, shown next to the mark reached after imports, before the scene is opened.
 """
-import argparse
 import json
 import resource
 import subprocess
@@ -18,6 +17,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from config import add_device, command_parser
 
 MODELS = {"full": 64, "small": 8}  # name -> generator width (ngf)
 
@@ -82,10 +83,10 @@ def save_model(path: Path, ngf: int) -> Path:
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = command_parser(__doc__.split("\n")[0])
     p.add_argument("--sizes", default="2048,8192,16384", help="square scene sizes in px")
     p.add_argument("--models", default="small,full", help="comma-separated: " + ", ".join(MODELS))
-    p.add_argument("--device", default="cpu")
+    add_device(p)
     p.add_argument("--paper", action="store_true", help="paper test-time mode (one tile per batch) instead of --eval")
     p.add_argument("--work", help="folder for the scenes and outputs (kept; default a temp folder)")
     p.add_argument("--json", action="store_true", help="also print the rows as one JSON line")

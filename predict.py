@@ -12,6 +12,7 @@ georeferenced input gives OUT/<stem>.tif on its own grid, masked where it has no
 import sys
 from pathlib import Path
 
+import torch
 from tqdm import tqdm
 
 import dataset
@@ -19,7 +20,7 @@ import raster
 import tiles
 from config import WEIGHTS_HELP, add_device, command_parser
 from generator import load_generator
-from utils import InputError, pick_device, run_command
+from utils import InputError, amp_dtype, pick_device, run_command
 
 
 def main(argv=None):
@@ -48,6 +49,9 @@ def main(argv=None):
     p.add_argument("--scale", type=float, default=1.0, help="resize inputs by this factor first (maps were "
                    "trained on 600 px tiles shown at 256 px: 256/600 = 0.43 matches that zoom); rasters are "
                    "written back on their own grid, PNG/JPEG at the new size")
+    p.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"], help="precision of the "
+                   "generator's weights and activations; auto: bf16 where the device runs it fast (outputs then "
+                   "differ from float32 by a level or two of 255), else float32")
     p.add_argument("--tile", type=int, default=256, help="tile size in px, a multiple of 256")
     p.add_argument("--overlap", type=int, default=64, help="px shared by neighbouring tiles")
     p.add_argument("--batch", type=int, default=8, help="tiles per forward pass with --eval")
@@ -77,6 +81,9 @@ def main(argv=None):
     files = raster.input_files(Path(args.input))
     device = pick_device(args.device)
     G, config = load_generator(args.weights, device)
+    G = G.to(amp_dtype(args.amp, device) or torch.float32)
+    if args.eval:  # channels-last is faster; the paper mode stays contiguous, as its dropout masks follow
+        G = G.to(memory_format=torch.channels_last)  # the layout and must match evaluate.py's
     opts.direction = args.direction or config["direction"]
     out_dir = Path(args.out)
     if out_dir.exists() and not out_dir.is_dir():

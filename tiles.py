@@ -59,12 +59,15 @@ def run_tiles(G, tiles: torch.Tensor, places: list, paper: bool, seed: int, batc
     variant) is its own batch, so BatchNorm sees that tile's statistics, as a training crop did, and its
     dropout is seeded by its place. --eval: up to `batch` tiles per forward pass. use_tta averages the
     8 flips/rotations."""
+    tiles = tiles.to(next(G.parameters()).dtype)  # what predict's --amp made G
     if paper:
         out = []
         for t, (y, x) in zip(tiles, places):
             torch.manual_seed(tile_seed(seed, y, x))
             out.append(tta(G, t[None], separate=True) if use_tta else G(t[None]).float())
         return torch.cat(out)
+    # channels-last is faster; the paper mode above stays contiguous, as dropout masks follow the layout
+    tiles = tiles.contiguous(memory_format=torch.channels_last)
     run = (lambda chunk: tta(G, chunk)) if use_tta else (lambda chunk: G(chunk).float())
     return torch.cat([run(tiles[i:i + batch]) for i in range(0, len(tiles), batch)])
 

@@ -11,6 +11,7 @@ import torch.nn as nn
 from PIL import Image
 
 import evaluate
+import predict
 import tiles
 from conftest import ROOT, SHARED_SAMPLE, make_ab
 from generator import Generator, init_weights, load_generator_state
@@ -82,7 +83,7 @@ def test_official_file_reproduced_through_predict_eval(tmp_path):
     (tmp_path / "in").mkdir()
     Image.fromarray(img).save(tmp_path / "in" / "tile.png")
     r = subprocess.run([sys.executable, "predict.py", "--weights", str(tmp_path / "latest_net_G.pth"), "--input",
-                        str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--eval"],
+                        str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--eval", "--amp", "off"],
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     got = np.asarray(Image.open(tmp_path / "out" / "tile.png")).astype(np.float32)
@@ -90,6 +91,18 @@ def test_official_file_reproduced_through_predict_eval(tmp_path):
         ref = official(torch.from_numpy(img).permute(2, 0, 1)[None].float() / 127.5 - 1)[0]
     ref = ((ref.clamp(-1, 1) + 1) * 127.5).permute(1, 2, 0).numpy()
     assert np.abs(got - ref).max() <= 1.0  # PNG rounding only
+
+
+def test_bf16_prediction_stays_within_a_few_levels_of_float32(tmp_path):
+    torch.save({"G": init_weights(Generator(ngf=8)).state_dict(), "config": {"ngf": 8}}, tmp_path / "G.pt")
+    make_ab(tmp_path / "in" / "x.png", w=300, h=260)
+    outs = {}
+    for amp in ("off", "bf16"):
+        predict.main(["--weights", str(tmp_path / "G.pt"), "--input", str(tmp_path / "in"), "--out",
+                      str(tmp_path / amp), "--eval", "--amp", amp])
+        outs[amp] = np.asarray(Image.open(tmp_path / amp / "x.png")).astype(int)
+    diff = np.abs(outs["off"] - outs["bf16"])
+    assert 0 < diff.max() <= 8 and diff.mean() < 1.5  # a different precision, not a different picture
 
 
 def test_mismatching_file_lists_missing_unexpected_and_misshaped():
