@@ -50,8 +50,13 @@ def make_raster(path: Path, size: int, rows: int = 512) -> Path:
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident set size so far, in MiB (ru_maxrss is KiB on Linux)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """This process's peak resident set size so far, in MiB: the kernel's VmHWM, which starts afresh
+    with the program (ru_maxrss would carry over the parent's peak across fork and exec)."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def child(argv: list[str]):
