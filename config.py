@@ -112,6 +112,7 @@ class Config:
             "--num-samples": self.num_samples >= 1,
             "--val-every": self.val_every >= 0 and self.val_samples >= 0,
             "--best-metric": self.val_fid or self.best_metric not in ("fid", "kid"),
+            "--val-samples": not (self.val_fid and self.val_samples == 1),
         }
         expected = {
             "--load-size": f"at least --crop-size ({self.crop_size})",
@@ -129,6 +130,7 @@ class Config:
             "--num-samples": "at least 1",
             "--val-every": "--val-every and --val-samples >= 0 (0: the default)",
             "--best-metric": f"--val-fid with --best-metric {self.best_metric}, or another metric",
+            "--val-samples": "0 (all) or at least 2 with --val-fid (KID needs two images)",
         }
         bad = [f"{flag}: expected {expected[flag]}" for flag, ok in checks.items() if not ok]
         if bad:

@@ -8,8 +8,8 @@ Two layouts: `ROOT/<split>/*.jpg` holding A|B side by side (A left), or `ROOT/<s
 `ROOT/<split>/B` with matching file stems. Both halves go through one decode function: convert to
 RGB, resize each half to a square (bicubic, as in the official code), keep as uint8. Jitter (random
 crop and flip, same for both halves) is applied to those uint8 tensors, so the cached path and the
-PIL path produce the same pixels for the same jitter parameters. The decoded pairs are kept in
-memory or in a memory-mapped file under ROOT/.cache (CachedPairs), for sets larger than memory.
+PIL path produce the same pixels for the same jitter parameters. cache.py keeps the decoded pairs in
+memory or in a memory-mapped file under ROOT/.cache, for sets larger than memory.
 """
 import os
 import shutil
@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from config import command_parser
 from download import DownloadError, fetch, sha256sum
-from utils import InputError, run_command
+from utils import InputError, run_command, save_image
 
 IMG_EXTS = (".jpg", ".jpeg", ".png")
 MIN_HALF = 16  # px; smaller halves cannot be a real training pair
@@ -341,7 +341,7 @@ def combine(a_dir, b_dir, out_dir) -> int:
         ab = Image.new("RGB", (img_a.width * 2, img_a.height))
         ab.paste(img_a, (0, 0))
         ab.paste(img_b.resize(img_a.size, Image.BICUBIC), (img_a.width, 0))
-        ab.save(out / f"{stem}.png")
+        save_image(ab, out / f"{stem}.png")
     return len(a.keys() & b.keys())
 
 

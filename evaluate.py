@@ -9,8 +9,10 @@ target per row), metrics.json, per_image.csv, and prints a table. Metrics are de
 `evaluate_pairs` computes them, here and in train.py's validation.
 """
 import csv
+import io
 import json
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +24,7 @@ import dataset
 import fid
 from config import WEIGHTS_HELP, add_device, command_parser
 from generator import inference, load_generator, tta
-from utils import InputError, pick_device, run_command, save_grid
+from utils import InputError, atomic_write_text, pick_device, run_command, save_grid
 
 # Google-map palette of the maps set, calibrated on ../shared/maps_sample (see README): several
 # prototypes per class; a pixel takes the class of its nearest prototype, and is background when no
@@ -177,17 +179,21 @@ def main(argv=None):
     except InputError as e:
         raise InputError(f"{args.data_root}/{args.split}: {e}") from None
     grid = {key: [kept[i][k] for i in sorted(kept)] for k, key in enumerate(("input", "output", "target"))}
-    for key, images in grid.items():
-        save_grid([torch.cat(images)], out / f"grid_{key}.png", nrow=8)
-    triplets = torch.stack([torch.cat(grid[k]) for k in ("input", "output", "target")], 1).flatten(0, 1)
-    save_grid([triplets], out / "grid_triplets.png", nrow=3)
+    if kept:  # every pair chosen for the grids may have been undecodable
+        for key, images in grid.items():
+            save_grid([torch.cat(images)], out / f"grid_{key}.png", nrow=8)
+        triplets = torch.stack([torch.cat(grid[k]) for k in ("input", "output", "target")], 1).flatten(0, 1)
+        save_grid([triplets], out / "grid_triplets.png", nrow=3)
+    else:
+        print("warning: none of the pairs chosen for the grids could be decoded; no grids written", file=sys.stderr)
     metrics.update({"images": len(rows), "split": args.split, "weights": args.weights,
                     "mode": "eval" if args.eval else "paper"})
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    with open(out / "per_image.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    table = io.StringIO(newline="")
+    w = csv.DictWriter(table, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(out / "per_image.csv", table.getvalue())
     print(f"{'metric':<16}{'value':>10}")
     for k, v in metrics.items():
         if isinstance(v, float) or v is None:

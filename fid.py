@@ -40,7 +40,10 @@ def find_weights(path: str | None = None) -> Path:
 
 def load_inception(path: str | None = None, device="cpu") -> nn.Module:
     """pytorch-fid's FID Inception (eval mode, no gradients) with weights from a local file."""
-    from pytorch_fid import inception as pf
+    try:
+        from pytorch_fid import inception as pf
+    except ImportError:
+        raise InputError("FID needs the pytorch-fid package: pip install -r requirements.txt") from None
 
     path = find_weights(path)
     state = safe_load(path, "Inception weights")

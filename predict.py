@@ -6,7 +6,7 @@
     python predict.py --weights sat2map --input scene.tif --out out/ --bands 3,2,1 --gsd 1.2 --eval
 
 PNG/JPEG go through PIL, anything else GDAL reads (GeoTIFF, VRT, JP2, ...) through rasterio, window by
-window; both run the tile engine of raster.py (overlapping tiles blended with a smooth window). A
+window; both run the tile engine of tiles.py (overlapping tiles blended with a smooth window). A
 georeferenced input gives OUT/<stem>.tif on its own grid, masked where it has no data.
 """
 import sys
@@ -89,6 +89,13 @@ def main(argv=None):
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"--out {out_dir}: is a file, expected a folder")
     out_dir.mkdir(parents=True, exist_ok=True)
+    stems = {}
+    for f in files:
+        stems.setdefault(f.stem, []).append(f.name)
+    clashes = [names for names in stems.values() if len(names) > 1]
+    if clashes:
+        raise InputError(f"--input {args.input}: {' and '.join(clashes[0])} would both be written as "
+                         f"{Path(clashes[0][0]).stem}.*; rename one, or translate them into separate --out folders")
     failed = 0
     for f in tqdm(files, desc="translate", unit="img", disable=len(files) == 1):
         try:

@@ -379,6 +379,8 @@ def predict_picture(G, path: Path, out_dir: Path, opts: Options) -> Path:
     source = TensorSource(torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1))
     fmt = opts.fmt or "png"
     out = out_dir / f"{path.stem}.{'tif' if fmt == 'tif' else 'png'}"
+    if out.resolve() == path.resolve():
+        raise InputError(f"{path}: the output would overwrite the input; choose another --out")
     if fmt == "png":
         sink = ArraySink(img.height, img.width)
         opts.engine.run(G, source, sink)

@@ -479,7 +479,10 @@ def main(cfg: Config):
                 sums.zero_()
                 t_log, n_log = now, 0
             if is_main and cfg.validate and (step % val_every == 0 or step == end):
-                t_log += validate()  # img_per_s counts training only
+                try:
+                    t_log += validate()  # img_per_s counts training only
+                except InputError as e:  # a validation problem must not cost the steps since the last save
+                    tqdm.write(f"warning: validation at step {step} skipped: {e}", file=sys.stderr)
             if step % cfg.sample_every == 0 or last:
                 sample()
             if step % cfg.save_every == 0 or last:
@@ -489,7 +492,7 @@ def main(cfg: Config):
     bar.close()
     if is_main:
         curves.finish()
-        why = "stopped by signal" if stop.set else "done"
+        why = "stopped by signal" if stopping else "done"
         print(f"{why} at step {step}/{total}; checkpoint {run_dir / 'last.pt'}, generator {run_dir / 'G.pt'}")
         if best.step is not None:
             print(f"best val_{cfg.best_metric} {best.value:.4f} at step {best.step}: {run_dir / 'G_best.pt'}")

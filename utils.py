@@ -115,7 +115,8 @@ def set_rng_state(state: dict):
     np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        for i, s in enumerate(state["cuda"][:torch.cuda.device_count()]):  # resumable on fewer GPUs
+            torch.cuda.set_rng_state(s, i)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -196,11 +197,19 @@ def atomic_save(obj, path):
 
 
 def atomic_write_text(path, text: str):
-    """Write a small text file through a temp file and os.replace."""
+    """Write a text file as atomic_save writes a checkpoint: temp file, fsync, os.replace."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def safe_load(path, what="checkpoint"):

@@ -43,6 +43,8 @@ def corpus(tmp_path):
     (c / "A" / "x.jpg").write_bytes((c / "whole.jpg").read_bytes()[:1500])
     make_ab(c / "B" / "x.jpg", w=128, h=128)
     make_dataset(c / "data", n_train=2, n_val=2)
+    make_ab(c / "dup" / "scene.png", w=64, h=64)
+    make_ab(c / "dup" / "scene.jpg", w=64, h=64)
     return c
 
 
@@ -59,6 +61,9 @@ CASES = [
      "{c}/page.pth: not a readable PyTorch checkpoint"),
     ("train", ["--data-root", "{c}/nowhere", "--run-dir", "{c}/r"], "{c}/nowhere: data root not found"),
     ("train", ["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+    ("train", ["--val-fid", "--val-samples", "1"], "--val-samples: expected 0 (all) or at least 2"),
+    ("predict", ["--weights", "{c}/G.pt", "--input", "{c}/dup", "--out", "{c}/o"],
+     "scene.jpg and scene.png would both be written as scene.*"),
     ("predict", ["--weights", "{c}/missing.pt", "--input", "{c}/whole.jpg", "--out", "{c}/o"],
      "{c}/missing.pt: no such generator file"),
     ("predict", ["--weights", "{c}/page.pth", "--input", "{c}/whole.jpg", "--out", "{c}/o"],
@@ -102,6 +107,15 @@ def test_bad_input_gets_one_line(corpus, capsys, command, argv, expected):
     first = said.strip().splitlines()[0]
     assert expected.format(c=corpus) in first, said
     assert "Traceback" not in said
+
+
+def test_predict_never_overwrites_its_input(corpus, capsys):
+    make_ab(corpus / "self" / "tile.png", w=64, h=64)
+    before = (corpus / "self" / "tile.png").read_bytes()
+    argv = ["--weights", str(corpus / "G.pt"), "--input", str(corpus / "self"), "--out", str(corpus / "self")]
+    assert predict.main(argv) == 1
+    assert "would overwrite the input" in capsys.readouterr().err
+    assert (corpus / "self" / "tile.png").read_bytes() == before
 
 
 def test_a_real_command_line_prints_no_traceback(corpus):

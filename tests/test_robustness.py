@@ -176,3 +176,14 @@ def test_non_utf8_file_names_train_and_check(tmp_path, data):
                        timeout=120)
     assert r.returncode == 0 and b"Traceback" not in r.stderr
     assert b"0 bad file(s)" in r.stdout
+
+
+def test_a_failing_validation_never_stops_training(tmp_path, data, monkeypatch, capsys):
+    import evaluate
+
+    def broken(*args, **kwargs):
+        raise InputError("val: 1 pair(s), none could be evaluated")
+
+    monkeypatch.setattr(evaluate, "evaluate_pairs", broken)
+    ckpt = train("--data-root", data, "--run-dir", tmp_path / "r", "--max-steps", 4, "--val-every", 2)
+    assert ckpt["step"] == 4 and "validation at step 2 skipped" in capsys.readouterr().err
