@@ -174,15 +174,15 @@ def amp_dtype(amp: str, device: torch.device):
 # Files
 
 
-def atomic_save(obj, path):
-    """torch.save to a temp file in the same folder, fsync, then os.replace: a crash at any instant
+def atomic_write(path, write, mode="wb"):
+    """write(f) into a temp file in path's folder, fsync, then os.replace: a crash at any instant
     leaves either the old file or the new one, never a torn one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+        with os.fdopen(fd, mode) as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -196,20 +196,14 @@ def atomic_save(obj, path):
         os.close(dir_fd)
 
 
+def atomic_save(obj, path):
+    """torch.save, atomically (see atomic_write)."""
+    atomic_write(path, lambda f: torch.save(obj, f))
+
+
 def atomic_write_text(path, text: str):
-    """Write a text file as atomic_save writes a checkpoint: temp file, fsync, os.replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """A text file, atomically (see atomic_write)."""
+    atomic_write(path, lambda f: f.write(text), "w")
 
 
 def safe_load(path, what="checkpoint"):
