@@ -22,6 +22,29 @@ from tqdm import tqdm
 
 import dataset
 from dataset import DataError, crop_flip, drop_bad
+from utils import all_agree, available_ram, local_world_size
+
+# --data-cache auto keeps the decoded set in memory when it takes at most this share of the available RAM
+# (divided among the node's processes, each holding a copy) and of the GPU's memory; the rest of the GPU
+# holds the model, activations and allocator slack, the rest of the RAM the page cache and everything else.
+CACHE_SHARE = 0.5
+
+
+def choose(mode: str, n_pairs: int, size: int, device) -> tuple[str, str]:
+    """--data-cache auto: memory when the decoded set fits comfortably (CACHE_SHARE), else the mapped
+    file. Every process takes the same path. Returns (memory | disk | off, the reason)."""
+    if mode != "auto":
+        return mode, "--data-cache " + mode
+    need = n_pairs * 6 * size ** 2
+    ram = available_ram() // local_world_size()
+    fits = need <= CACHE_SHARE * ram
+    why = f"{need / 1e9:.2f} GB decoded; {ram / 1e9:.1f} GB RAM available per process"
+    if device.type == "cuda":
+        gpu = torch.cuda.get_device_properties(device).total_memory
+        fits = fits and need <= CACHE_SHARE * gpu
+        why += f", {gpu / 1e9:.1f} GB on the GPU"
+    choice = "memory" if all_agree(fits, device) else "disk"
+    return choice, f"auto: {why}; memory when at most {CACHE_SHARE:.0%} of both"
 
 CACHE_MAGIC = b"SAT2MAP\x01"  # last 8 bytes of a complete mapped cache (format version 1)
 DECODE_CHUNK = 256  # pairs decoded before they are written out: bounds the build's memory (~125 MB at 286 px)

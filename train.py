@@ -32,16 +32,11 @@ import plots
 from config import ARCH_FIELDS, METRIC_GOALS, Config, parse_config
 from discriminator import Discriminator
 from generator import Generator, init_weights, inference
-from utils import (InputError, all_agree, amp_dtype, atomic_save, atomic_write_text, available_ram,
-                   broadcast_buffers, gather_objects, init_distributed, local_rank, local_world_size, pick_device,
-                   protect_output, rng_state, run_command, safe_load, save_grid, seed_everything,
-                   set_determinism, set_rng_state)
+from utils import (InputError, amp_dtype, atomic_save, atomic_write_text, broadcast_buffers, gather_objects,
+                   init_distributed, local_rank, pick_device, protect_output, rng_state, run_command, safe_load,
+                   save_grid, seed_everything, set_determinism, set_rng_state)
 
 CKPT_VERSION = 1
-# --data-cache auto keeps the decoded set in memory when it takes at most this share of the available RAM
-# (divided among the node's processes, each holding a copy) and of the GPU's memory; the rest of the GPU
-# holds the model, activations and allocator slack, the rest of the RAM the page cache and everything else.
-CACHE_SHARE = 0.5
 # What a training checkpoint holds besides the state_dict of each object in main's `state`
 CKPT_KEYS = ("version", "step", "epoch", "config", "rng", "data")
 # Added to `state` later: a checkpoint without them still resumes, with their fresh state
@@ -72,25 +67,9 @@ def to_pair(batch: torch.Tensor, cfg: Config, device, memory_format):
     return (a, b) if cfg.direction == "AtoB" else (b, a)
 
 
-def choose_cache(cfg: Config, n_pairs: int, device) -> tuple[str, str]:
-    """--data-cache auto: memory when the decoded set fits comfortably (CACHE_SHARE), else the mapped
-    file. Every process takes the same path. Returns (memory | disk | off, the reason)."""
-    if cfg.data_cache != "auto":
-        return cfg.data_cache, "--data-cache " + cfg.data_cache
-    need = n_pairs * 6 * cfg.load_size ** 2
-    ram = available_ram() // local_world_size()
-    fits = need <= CACHE_SHARE * ram
-    why = f"{need / 1e9:.2f} GB decoded; {ram / 1e9:.1f} GB RAM available per process"
-    if device.type == "cuda":
-        gpu = torch.cuda.get_device_properties(device).total_memory
-        fits = fits and need <= CACHE_SHARE * gpu
-        why += f", {gpu / 1e9:.1f} GB on the GPU"
-    choice = "memory" if all_agree(fits, device) else "disk"
-    return choice, f"auto: {why}; memory when at most {CACHE_SHARE:.0%} of both"
-
-
 def load_data(cfg: Config, rank: int, device):
-    """Train source (cached uint8 pairs or the PIL dataset) and the fixed validation batch for samples."""
+    """Train source (cached uint8 pairs or the PIL dataset) and the val split's pairs (train/ where
+    there is no val/), for sample grids and validation."""
     root = Path(cfg.data_root)
     if not root.exists() and root.name in dataset.DATASETS and local_rank() == 0:
         print(f"{root} not found: downloading the {root.name} dataset into {root.parent}")
@@ -99,22 +78,24 @@ def load_data(cfg: Config, rank: int, device):
         dist.barrier()  # the others wait for their node's download
     full_scan = cfg.data_cache == "off"  # the cache build decodes everything anyway
     pairs = dataset.open_split(root, "train", cfg.skip_bad, full=full_scan)
-    val_split = "val" if (root / "val").is_dir() else "train"
-    val_pairs = dataset.open_split(root, val_split, True, full=False)
-    where, why = choose_cache(cfg, len(pairs), device)
+    val_pairs = dataset.open_split(root, "val" if (root / "val").is_dir() else "train", True, full=False)
+    where, why = cache.choose(cfg.data_cache, len(pairs), cfg.load_size, device)
     if rank == 0:
         print(f"data cache: {where} ({why})")
     if where == "off":
         train = dataset.PILPairs(pairs, cfg.load_size, cfg.crop_size)
     else:
         cache_dir = root / ".cache" / "train" if where == "disk" else None
-        builder = local_rank() == 0  # one build per node; the node's other processes map what it wrote
-        if dist.is_initialized() and not builder:
+        # one build per node, the node's other processes then map what it wrote; in memory each
+        # process decodes its own copy, so nobody waits
+        shared = dist.is_initialized() and where == "disk"
+        builder = local_rank() == 0
+        if shared and not builder:
             dist.barrier()
         train = cache.CachedPairs(pairs, cfg.load_size, cache_dir, cfg.skip_bad)
-        if dist.is_initialized() and builder:
+        if shared and builder:
             dist.barrier()
-    return train, sample_batch(val_pairs, cfg)
+    return train, val_pairs
 
 
 def sample_batch(pairs, cfg: Config) -> torch.Tensor:
@@ -132,11 +113,9 @@ def sample_batch(pairs, cfg: Config) -> torch.Tensor:
     return torch.stack(out)
 
 
-def validation_pairs(cfg: Config) -> list:
-    """The pairs validation measures: --val-samples of the val split (train/ if there is none), spread
-    evenly over its sorted names, the same ones at every validation."""
-    root = Path(cfg.data_root)
-    pairs = dataset.open_split(root, "val" if (root / "val").is_dir() else "train", True, full=False)
+def validation_pairs(pairs: list, cfg: Config) -> list:
+    """The pairs validation measures: --val-samples of the val split's pairs, spread evenly over its
+    sorted names, the same ones at every validation."""
     n = cfg.val_samples
     return pairs if n == 0 or n >= len(pairs) else [pairs[i * len(pairs) // n] for i in range(n)]
 
@@ -311,8 +290,9 @@ def main(cfg: Config):
     SummaryWriter = tensorboard_writer(cfg)
     inception = fid.load_inception(cfg.inception_weights or None, device) \
         if is_main and cfg.validate and cfg.val_fid else None
-    train, val = load_data(cfg, rank, device)
-    val_pairs = validation_pairs(cfg) if is_main and cfg.validate else []
+    train, val_split = load_data(cfg, rank, device)
+    val = sample_batch(val_split, cfg)
+    val_pairs = validation_pairs(val_split, cfg) if is_main and cfg.validate else []
     mapped = isinstance(train, cache.CachedPairs) and train.mapped
     resolved["data_cache"] = "disk" if mapped else "memory" if isinstance(train, cache.CachedPairs) else "off"
     if ckpt is not None:
@@ -353,9 +333,9 @@ def main(cfg: Config):
         set_rng_state(rngs[rank] if rank < len(rngs) else rngs[0])
         step = ckpt["step"]
     if is_main:  # only now: a refused resume must leave the run folder as it was
-        print(json.dumps({**cfg.to_dict(), "resolved": resolved}, indent=2))
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / "config.json", json.dumps({**cfg.to_dict(), "resolved": resolved}, indent=2) + "\n")
+        config_text = json.dumps({**cfg.to_dict(), "resolved": resolved}, indent=2)
+        print(config_text)
+        atomic_write_text(run_dir / "config.json", config_text + "\n")
         if ckpt is not None:
             print(f"resuming from {resume} at step {step}")
             trim_metrics(run_dir / "metrics.jsonl", step)
@@ -371,7 +351,7 @@ def main(cfg: Config):
     steps_per_epoch = len(train) // (cfg.batch_size * world)
     if steps_per_epoch == 0:
         raise InputError(f"{cfg.data_root}: {len(train)} training pairs, fewer than one step of "
-             f"--batch-size {cfg.batch_size} x {world} process(es)")
+                         f"--batch-size {cfg.batch_size} x {world} process(es)")
     total = (cfg.epochs + cfg.epochs_decay) * steps_per_epoch
     end = min(total, cfg.max_steps) if cfg.max_steps else total
     val_every = cfg.val_every or steps_per_epoch

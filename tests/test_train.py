@@ -113,11 +113,11 @@ def test_smoke_on_real_maps_sample(tmp_path, maps_sample):
 
 def test_mapped_cache_resumes_exactly_as_memory(tmp_path, data, monkeypatch, capsys):
     """3 steps from the mapped file + 3 more chosen by auto (forced to the file) = 6 steps from memory."""
-    import train as train_mod
+    import cache
     straight = train("--data-root", data, "--run-dir", tmp_path / "a", "--max-steps", 6, "--data-cache", "memory")
     assert "data cache: memory (--data-cache memory)" in capsys.readouterr().out
     train("--data-root", data, "--run-dir", tmp_path / "b", "--max-steps", 3, "--data-cache", "disk")
-    monkeypatch.setattr(train_mod, "CACHE_SHARE", 0.0)
+    monkeypatch.setattr(cache, "CACHE_SHARE", 0.0)
     resumed = train("--data-root", data, "--run-dir", tmp_path / "b", "--max-steps", 6)
     assert "data cache: disk (auto: " in capsys.readouterr().out
     assert json.loads((tmp_path / "b" / "config.json").read_text())["resolved"]["data_cache"] == "disk"
