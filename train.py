@@ -32,7 +32,7 @@ import plots
 from config import ARCH_FIELDS, METRIC_GOALS, Config, parse_config
 from discriminator import Discriminator
 from generator import Generator, init_weights, inference
-from utils import (InputError, amp_dtype, atomic_save, atomic_write_text, broadcast_buffers, gather_objects,
+from utils import (InputError, all_agree, amp_dtype, atomic_save, atomic_write_text, broadcast_buffers, gather_objects,
                    init_distributed, local_rank, pick_device, protect_output, rng_state, run_command, safe_load,
                    save_grid, seed_everything, set_determinism, set_rng_state)
 
@@ -225,12 +225,8 @@ class StopFlag:
         self.set = True
 
     def agreed(self, device) -> bool:
-        """Every process stops at the same step under torchrun."""
-        if not dist.is_initialized():
-            return self.set
-        flag = torch.tensor([float(self.set)], device=device)
-        dist.all_reduce(flag)
-        return bool(flag.item())
+        """True on every process once any process got a signal: all stop at the same step."""
+        return not all_agree(not self.set, device)
 
 
 def gan_step(G_train, D_train, D, opt_G, opt_D, scaler, real_A, real_B, cfg: Config, dtype, device):
