@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from config import command_parser
 from download import DownloadError, fetch, sha256sum
-from utils import InputError, run_command, save_image
+from utils import InputError, first_line, run_command, save_image
 
 IMG_EXTS = (".jpg", ".jpeg", ".png")
 MIN_HALF = 16  # px; smaller halves cannot be a real training pair
@@ -109,7 +109,7 @@ def inspect_image(path: Path, halves: bool, full: bool) -> str | None:
     except UnidentifiedImageError:
         return "not an image PIL can read"
     except (OSError, SyntaxError, ValueError, EOFError) as e:
-        return f"truncated or corrupt image ({(str(e).splitlines() or [type(e).__name__])[0][:120]})"
+        return f"truncated or corrupt image ({first_line(e, 120)})"
     if halves and w % 2:
         return f"odd width {w} (an AB image is two halves of equal width)"
     if min(w // 2 if halves else w, h) < MIN_HALF:
@@ -175,8 +175,7 @@ def load_rgb(path: Path, max_pixels: int | None = MAX_PIXELS) -> Image.Image:
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         if isinstance(e, DataError):
             raise
-        first = (str(e).splitlines() or [type(e).__name__])[0][:120]
-        raise DataError(f"{path}: cannot decode ({first})") from None
+        raise DataError(f"{path}: cannot decode ({first_line(e, 120)})") from None
 
 
 def decode_pair(pair: Pair, size: int) -> torch.Tensor:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from utils import InputError, safe_load
+from utils import InputError, first_line, safe_load
 
 WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d.pth"
 WEIGHTS_URL = f"https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/{WEIGHTS_NAME}"
@@ -56,7 +56,7 @@ def load_inception(path: str | None = None, device="cpu") -> nn.Module:
             net = pf.InceptionV3([pf.InceptionV3.BLOCK_INDEX_BY_DIM[FEATURES]])
         except RuntimeError as e:
             raise InputError(f"{path}: not the FID Inception weights {WEIGHTS_NAME} "
-                             f"({(str(e).splitlines() or [''])[0][:160]})") from None
+                             f"({first_line(e)})") from None
     return net.eval().to(device)
 
 

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 import dataset
 from tiles import ArraySink, Engine, TensorSource, to_uint8
-from utils import InputError
+from utils import InputError, first_line
 
 RASTER_EXTS = (".tif", ".tiff", ".vrt", ".img", ".jp2")  # what a folder listing treats as rasters
 GDAL_CACHE_MB = 32  # GDAL's block cache counts in our memory; the engine never needs more than this
@@ -49,8 +49,7 @@ def open_raster(path: Path):
     try:
         ds = rasterio.open(path)
     except (RasterioError, OSError) as e:
-        first = (str(e).splitlines() or [type(e).__name__])[0][:160]
-        raise InputError(f"{path}: not a raster GDAL can read ({first})") from None
+        raise InputError(f"{path}: not a raster GDAL can read ({first_line(e)})") from None
     if ds.count == 0 or ds.width == 0 or ds.height == 0:
         ds.close()
         raise InputError(f"{path}: has no bands or no pixels")

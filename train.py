@@ -32,9 +32,10 @@ import plots
 from config import ARCH_FIELDS, METRIC_GOALS, Config, parse_config
 from discriminator import Discriminator
 from generator import Generator, init_weights, inference
-from utils import (InputError, all_agree, amp_dtype, atomic_save, atomic_write_text, broadcast_buffers, gather_objects,
-                   init_distributed, local_rank, pick_device, protect_output, rng_state, run_command, safe_load,
-                   save_grid, seed_everything, set_determinism, set_rng_state)
+from utils import (InputError, all_agree, amp_dtype, atomic_save, atomic_write_text, broadcast_buffers,
+                   first_line, gather_objects, init_distributed, local_rank, pick_device, protect_output,
+                   rng_state, run_command, safe_load, save_grid, seed_everything, set_determinism,
+                   set_rng_state)
 
 CKPT_VERSION = 1
 # What a training checkpoint holds besides the state_dict of each object in main's `state`
@@ -324,7 +325,7 @@ def main(cfg: Config):
                 obj.load_state_dict(ckpt[key])
             except (RuntimeError, ValueError, KeyError, TypeError) as e:
                 raise InputError(f"{resume}: its {key} does not fit this run "
-                                 f"({(str(e).splitlines() or [''])[0][:160]})") from None
+                                 f"({first_line(e)})") from None
         rngs = ckpt["rng"]
         set_rng_state(rngs[rank] if rank < len(rngs) else rngs[0])
         step = ckpt["step"]

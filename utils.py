@@ -23,6 +23,12 @@ class InputError(ValueError):
     Library code raises it; only a command's main turns it into one line and an exit status."""
 
 
+def first_line(error: BaseException, limit: int = 160) -> str:
+    """The first line of an exception's message (its type where it has none), cut to limit chars:
+    enough to say what went wrong inside a one-line error."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:limit]
+
+
 def run_command(main, argv=None):
     """Run a command's main(argv): bad input, a failing file system or Ctrl-C before the command's own
     handling end as one line on stderr and a non-zero exit status, never a traceback."""
@@ -217,8 +223,7 @@ def safe_load(path, what="checkpoint"):
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        first = (str(e).strip().splitlines() or [""])[0][:200]
-        raise InputError(f"{path}: not a readable PyTorch {what} ({type(e).__name__}: {first})") from None
+        raise InputError(f"{path}: not a readable PyTorch {what} ({type(e).__name__}: {first_line(e, 200)})") from None
     if not isinstance(obj, dict):
         raise InputError(f"{path}: expected a dict of tensors, found {type(obj).__name__}")
     return obj
