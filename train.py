@@ -10,13 +10,11 @@ Stopping is safe at any moment (Ctrl-C and SIGTERM save first; SIGKILL loses at 
 the last save): running the same command again continues from RUN_DIR/last.pt, bit for bit.
 """
 import copy
-import json
 import signal
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
@@ -28,20 +26,14 @@ import cache
 import dataset
 import evaluate
 import fid
-import plots
-from config import ARCH_FIELDS, METRIC_GOALS, Config, parse_config
+import rundir
+from config import METRIC_GOALS, Config, parse_config
 from discriminator import Discriminator
 from generator import Generator, init_weights, inference
-from utils import (InputError, all_agree, amp_dtype, atomic_save, atomic_write_text, broadcast_buffers,
-                   first_line, gather_objects, init_distributed, local_rank, pick_device, protect_output,
-                   rng_state, run_command, safe_load, save_grid, seed_everything, set_determinism,
-                   set_rng_state)
-
-CKPT_VERSION = 1
-# What a training checkpoint holds besides the state_dict of each object in main's `state`
-CKPT_KEYS = ("version", "step", "epoch", "config", "rng", "data")
-# Added to `state` later: a checkpoint without them still resumes, with their fresh state
-NEWER_KEYS = ("best",)
+from rundir import RunDir
+from utils import (InputError, all_agree, amp_dtype, broadcast_buffers, gather_objects, init_distributed,
+                   local_rank, pick_device, protect_output, rng_state, run_command, seed_everything,
+                   set_determinism)
 
 # ----------------------------------------------------------------------------------------------------
 # Helpers
@@ -145,17 +137,6 @@ class BestMetric:
             self.value, self.step = state["value"], state["step"]
 
 
-def tensorboard_writer(cfg: Config):
-    """The SummaryWriter class for --tensorboard, else None; checked before anything is written."""
-    if not cfg.tensorboard:
-        return None
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        raise InputError("--tensorboard: the tensorboard package is not installed (pip install tensorboard)") from None
-    return SummaryWriter
-
-
 def epoch_batches(train, rows: torch.Tensor, cfg: Config):
     """uint8 batches for this process's plan rows (steps, B, 4), decoded in workers on the PIL path."""
     if isinstance(train, cache.CachedPairs):
@@ -163,54 +144,6 @@ def epoch_batches(train, rows: torch.Tensor, cfg: Config):
     return iter(torch.utils.data.DataLoader(
         train, batch_sampler=[[tuple(k) for k in r.tolist()] for r in rows],
         num_workers=cfg.workers, pin_memory=torch.cuda.is_available()))
-
-
-def check_compatible(ckpt: dict, cfg: Config, path, state_keys=()):
-    """A checkpoint continues only if it holds every piece of state, under the same architecture."""
-    missing = [k for k in CKPT_KEYS + tuple(state_keys) if k not in ckpt]
-    if ckpt.get("version") != CKPT_VERSION or missing:
-        raise InputError(f"{path}: not a complete sat2map training checkpoint (expected version {CKPT_VERSION}"
-                         + (f"; missing {', '.join(missing)})" if missing else f", found {ckpt.get('version')})"))
-    saved = ckpt["config"] if isinstance(ckpt["config"], dict) else {}
-    diff = [f"--{k.replace('_', '-')} {saved.get(k)} in the checkpoint, {getattr(cfg, k)} now"
-            for k in ARCH_FIELDS if saved.get(k) != getattr(cfg, k)]
-    if diff:
-        raise InputError(f"{path}: checkpoint architecture differs from the flags: {'; '.join(diff)} "
-                         f"(pass the checkpoint's values, or a new --run-dir)")
-
-
-def check_same_data(ckpt: dict, pairs: int, cfg: Config, path):
-    """The data order is a function of (seed, epoch, number of pairs): a changed dataset would silently
-    continue a different stream, so it takes --allow-data-change."""
-    saved = ckpt["data"].get("pairs") if isinstance(ckpt["data"], dict) else None
-    if saved != pairs and not cfg.allow_data_change:
-        raise InputError(f"{path}: the checkpoint was trained on {saved} pairs, {cfg.data_root} now has {pairs}; "
-                         f"the data order would change (pass --allow-data-change to continue anyway)")
-
-
-def find_resume(cfg: Config) -> Path | None:
-    """--resume auto: RUN_DIR/last.pt if present; never: fresh start; else the given path."""
-    if cfg.resume == "never":
-        return None
-    if cfg.resume == "auto":
-        last = Path(cfg.run_dir) / "last.pt"
-        return last if last.exists() else None
-    return Path(cfg.resume)
-
-
-def trim_metrics(path: Path, step: int):
-    """Drop log rows past the checkpoint we resume from (those steps are about to be redone), and a
-    row torn by a crash in mid-write."""
-
-    def keep(row: str) -> bool:
-        try:
-            return json.loads(row)["step"] <= step
-        except (ValueError, KeyError, TypeError):
-            return False
-
-    if path.exists():
-        rows = [r for r in path.read_text(errors="replace").splitlines() if keep(r)]
-        atomic_write_text(path, "".join(r + "\n" for r in rows))
 
 
 class StopFlag:
@@ -260,44 +193,10 @@ def gan_step(G_train, D_train, D, opt_G, opt_D, scaler, real_A, real_B, cfg: Con
     return loss_D.detach(), loss_G_gan.detach(), loss_G_l1.detach()
 
 
-# ----------------------------------------------------------------------------------------------------
-# Training
-
-
-def main(cfg: Config):
-    protect_output()  # a closed pipe or terminal must never stop training or skip the final save
-    set_determinism(cfg.deterministic)  # before any CUDA work: cuBLAS reads its setting when it starts
-    rank, world = init_distributed()
-    is_main = rank == 0
-    device = pick_device(cfg.device)
-    run_dir = Path(cfg.run_dir)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise InputError(f"--run-dir {run_dir}: is a file, expected a folder")
-    resume = find_resume(cfg)
-    ckpt = None
-    if resume is not None:
-        ckpt = safe_load(resume)
-        check_compatible(ckpt, cfg, resume)  # before the data is loaded: a refusal should come fast
-    dtype = amp_dtype(cfg.amp, device)
-    memory_format = torch.channels_last if cfg.channels_last != "off" else torch.contiguous_format
-    resolved = {"device": str(device), "amp": {None: "off", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype],
-                "channels_last": "on" if memory_format == torch.channels_last else "off", "world_size": world,
-                "backend": dist.get_backend() if dist.is_initialized() else "none"}
-
-    SummaryWriter = tensorboard_writer(cfg)
-    inception = fid.load_inception(cfg.inception_weights or None, device) \
-        if is_main and cfg.validate and cfg.val_fid else None
-    train, val_split = load_data(cfg, rank, device)
-    val = sample_batch(val_split, cfg)
-    val_pairs = validation_pairs(val_split, cfg) if is_main and cfg.validate else []
-    mapped = isinstance(train, cache.CachedPairs) and train.mapped
-    resolved["data_cache"] = "disk" if mapped else "memory" if isinstance(train, cache.CachedPairs) else "off"
-    if ckpt is not None:
-        check_same_data(ckpt, len(train), cfg, resume)
-    if isinstance(train, cache.CachedPairs) and not mapped and device.type == "cuda":
-        train.to(device)  # jitter runs on the GPU: one tensor slice per image, no host work per step
-
-    # Models, optimizers and schedules exactly as the paper sets them
+def build_state(cfg: Config, device, rank: int, world: int, dtype, memory_format) -> dict:
+    """G, D, their optimizers and LR schedules, the AMP scaler and the best validation value so far,
+    exactly as the paper sets them. This dict is the training state: last.pt holds the state_dict of
+    each object in it (rundir.checkpoint), so adding state is one line here."""
     torch.manual_seed(cfg.seed)  # same initial weights on every process
     G = init_weights(Generator(3, 3, cfg.ngf, cfg.norm, cfg.dropout)).to(device)
     D = init_weights(Discriminator(6, cfg.ndf, cfg.norm)).to(device)
@@ -310,41 +209,123 @@ def main(cfg: Config):
     sched_G = torch.optim.lr_scheduler.LambdaLR(opt_G, lr_lambda(cfg))
     sched_D = torch.optim.lr_scheduler.LambdaLR(opt_D, lr_lambda(cfg))
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    # What a checkpoint holds besides step, RNG, config and data: adding state is one line here
-    best = BestMetric(cfg.best_metric)
-    state = {"G": G, "D": D, "opt_G": opt_G, "opt_D": opt_D, "sched_G": sched_G, "sched_D": sched_D,
-             "scaler": scaler, "best": best}
+    return {"G": G, "D": D, "opt_G": opt_G, "opt_D": opt_D, "sched_G": sched_G, "sched_D": sched_D,
+            "scaler": scaler, "best": BestMetric(cfg.best_metric)}
 
-    step = 0
-    if ckpt is not None:
-        check_compatible(ckpt, cfg, resume, tuple(k for k in state if k not in NEWER_KEYS))
-        for key, obj in state.items():
-            if key in NEWER_KEYS and key not in ckpt:
-                continue
-            try:
-                obj.load_state_dict(ckpt[key])
-            except (RuntimeError, ValueError, KeyError, TypeError) as e:
-                raise InputError(f"{resume}: its {key} does not fit this run "
-                                 f"({first_line(e)})") from None
-        rngs = ckpt["rng"]
-        set_rng_state(rngs[rank] if rank < len(rngs) else rngs[0])
-        step = ckpt["step"]
-    if is_main:  # only now: a refused resume must leave the run folder as it was
-        config_text = json.dumps({**cfg.to_dict(), "resolved": resolved}, indent=2)
-        print(config_text)
-        atomic_write_text(run_dir / "config.json", config_text + "\n")
-        if ckpt is not None:
-            print(f"resuming from {resume} at step {step}")
-            trim_metrics(run_dir / "metrics.jsonl", step)
-    tb = SummaryWriter(str(run_dir / "tb")) if SummaryWriter is not None and is_main else None
+
+def wrap(G, D, cfg: Config, device):
+    """The modules the GAN step calls: under torch.distributed wrapped in DDP (also for one process, so
+    a one-GPU torchrun runs the multi-GPU code), then compiled with --compile."""
     G_train, D_train = G, D
-    if dist.is_initialized():  # also for one process, so a one-GPU torchrun runs the multi-GPU code
-        G_train = DistributedDataParallel(G, device_ids=[device.index] if device.type == "cuda" else None)
-        D_train = DistributedDataParallel(D, device_ids=[device.index] if device.type == "cuda" else None)
+    if dist.is_initialized():
+        ids = [device.index] if device.type == "cuda" else None
+        G_train, D_train = DistributedDataParallel(G, device_ids=ids), DistributedDataParallel(D, device_ids=ids)
     if cfg.compile != "off":
-        G_train = torch.compile(G_train, mode=None if cfg.compile == "default" else cfg.compile)
-        D_train = torch.compile(D_train, mode=None if cfg.compile == "default" else cfg.compile)
+        mode = None if cfg.compile == "default" else cfg.compile
+        G_train, D_train = torch.compile(G_train, mode=mode), torch.compile(D_train, mode=mode)
+    return G_train, D_train
 
+
+def resolved_settings(device, dtype, memory_format, world: int, train) -> dict:
+    """What each `auto` became (device, amp, channels-last, data cache) and the process group, for
+    config.json."""
+    cached = isinstance(train, cache.CachedPairs)
+    return {"device": str(device), "amp": {None: "off", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype],
+            "channels_last": "on" if memory_format == torch.channels_last else "off", "world_size": world,
+            "backend": dist.get_backend() if dist.is_initialized() else "none",
+            "data_cache": "disk" if cached and train.mapped else "memory" if cached else "off"}
+
+
+def epoch_plan(train, epoch: int, steps_per_epoch: int, world: int, cfg: Config) -> torch.Tensor:
+    """The epoch's shuffled order and jitter as (steps, process, batch, 4) rows: a pure function of
+    (seed, epoch, number of pairs, number of processes), so the step says where the data stream is."""
+    plan = dataset.jitter_plan(len(train), cfg.seed, epoch, cfg.load_size, cfg.crop_size, cfg.flip)
+    return plan[: steps_per_epoch * cfg.batch_size * world].view(steps_per_epoch, world, cfg.batch_size, 4)
+
+
+class LossMeter:
+    """Running sums of the three losses, kept on the device and read back only when a row is logged
+    (the loop's one host-device sync), and the training throughput since the last row."""
+
+    def __init__(self, device):
+        self.sums = torch.zeros(3, device=device)
+        self.n = 0
+        self.t_log = self.t_start = time.perf_counter()
+
+    def add(self, *losses: torch.Tensor):
+        self.sums += torch.stack(losses).float()
+        self.n += 1
+
+    def exclude(self, seconds: float):
+        """Leave time spent outside training (validation) out of img_per_s."""
+        self.t_log += seconds
+
+    def row(self, step: int, steps_per_epoch: int, lr: float, images_per_step: int) -> dict:
+        """metrics.jsonl's row for the steps since the last row, averaged over every process."""
+        if dist.is_initialized():
+            dist.all_reduce(self.sums)
+            self.sums /= dist.get_world_size()
+        means = (self.sums / self.n).tolist()
+        now = time.perf_counter()
+        row = {"step": step, "epoch": step / steps_per_epoch, "loss_D": means[0], "loss_G_gan": means[1],
+               "loss_G_l1": means[2], "lr": lr, "img_per_s": self.n * images_per_step / (now - self.t_log),
+               "seconds": now - self.t_start}
+        self.sums.zero_()
+        self.t_log, self.n = now, 0
+        return row
+
+
+def sample_grid(G, val: torch.Tensor, cfg: Config, device, memory_format) -> torch.Tensor:
+    """The fixed validation pairs as rows of condition | generated | target (3N, 3, H, W), generated in
+    the paper's test-time mode, which leaves G's state and every RNG stream untouched."""
+    real_A, real_B = to_pair(val, cfg, device, memory_format)
+    with inference(G, paper=True, seed=cfg.seed):
+        fake_B = G(real_A)
+    return torch.stack([real_A, fake_B, real_B], 1).flatten(0, 1)
+
+
+def validate(G, pairs: list, cfg: Config, device, memory_format, inception) -> tuple[dict, int]:
+    """evaluate.py's metrics on the validation pairs, in its paper test-time mode, and the number of
+    images measured. G's state and every RNG stream are left untouched."""
+    # Dropout masks follow the memory layout: a contiguous copy reports exactly what evaluate.py
+    # reports for the saved weights
+    G_val = G if memory_format == torch.contiguous_format else \
+        copy.deepcopy(G).to(memory_format=torch.contiguous_format)
+    metrics, rows, _ = evaluate.evaluate_pairs(G_val, pairs, cfg.direction, device, paper=True, seed=cfg.seed,
+                                               inception=inception)
+    return metrics, len(rows)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Training
+
+
+def main(cfg: Config):
+    # Setup: processes and device, the run folder and where to resume, data, models
+    protect_output()  # a closed pipe or terminal must never stop training or skip the final save
+    set_determinism(cfg.deterministic)  # before any CUDA work: cuBLAS reads its setting when it starts
+    rank, world = init_distributed()
+    is_main = rank == 0
+    device = pick_device(cfg.device)
+    run = RunDir(cfg, is_main)  # writes nothing yet: a refused start leaves the folder as it was
+    resume = rundir.find_resume(cfg)
+    ckpt = rundir.load_checkpoint(resume, cfg) if resume is not None else None  # refused before the data
+    dtype = amp_dtype(cfg.amp, device)
+    memory_format = torch.channels_last if cfg.channels_last != "off" else torch.contiguous_format
+    inception = fid.load_inception(cfg.inception_weights or None, device) \
+        if is_main and cfg.validate and cfg.val_fid else None
+    train, val_split = load_data(cfg, rank, device)
+    val = sample_batch(val_split, cfg)
+    val_pairs = validation_pairs(val_split, cfg) if is_main and cfg.validate else []
+    if ckpt is not None:
+        rundir.check_same_data(ckpt, len(train), cfg, resume)
+    if isinstance(train, cache.CachedPairs) and not train.mapped and device.type == "cuda":
+        train.to(device)  # jitter runs on the GPU: one tensor slice per image, no host work per step
+    state = build_state(cfg, device, rank, world, dtype, memory_format)
+    G, D, opt_G, opt_D, best = (state[k] for k in ("G", "D", "opt_G", "opt_D", "best"))
+    step = rundir.restore(ckpt, state, resume, rank) if ckpt is not None else 0
+    run.start(cfg, resolved_settings(device, dtype, memory_format, world, train), resume, step)
+    G_train, D_train = wrap(G, D, cfg, device)
     steps_per_epoch = len(train) // (cfg.batch_size * world)
     if steps_per_epoch == 0:
         raise InputError(f"{cfg.data_root}: {len(train)} training pairs, fewer than one step of "
@@ -353,128 +334,63 @@ def main(cfg: Config):
     end = min(total, cfg.max_steps) if cfg.max_steps else total
     val_every = cfg.val_every or steps_per_epoch
 
-    def save():
-        """last.pt holds everything needed to continue bit for bit; G.pt is for inference."""
-        broadcast_buffers(G, D)  # the running statistics saved are rank 0's, and now every process's
-        rngs = gather_objects(rng_state())
-        if not is_main:
-            return
-        ckpt = {"version": CKPT_VERSION, "step": step, "epoch": step // steps_per_epoch,
-                "config": cfg.to_dict(), "rng": rngs,
-                "data": {"seed": cfg.seed, "steps_per_epoch": steps_per_epoch, "pairs": len(train)},
-                **{key: obj.state_dict() for key, obj in state.items()}}
-        atomic_save(ckpt, run_dir / "last.pt")
-        atomic_save({"version": CKPT_VERSION, "G": G.state_dict(), "config": cfg.to_dict()}, run_dir / "G.pt")
-
-    def sample():
-        """Fixed validation pairs, condition | generated | target, in the paper's test-time mode."""
-        if not is_main:
-            return
-        real_A, real_B = to_pair(val, cfg, device, memory_format)
-        with inference(G, paper=True, seed=cfg.seed):
-            fake_B = G(real_A)
-        grid = torch.stack([real_A, fake_B, real_B], 1).flatten(0, 1)
-        titles = ["satellite", "generated", "map"]
-        img = save_grid([grid], run_dir / "samples" / f"step_{step:07d}.png", nrow=3,
-                        titles=titles if cfg.direction == "AtoB" else titles[::-1], caption=f"step {step}")
-        if tb is not None:
-            tb.add_image("samples", np.asarray(img), step, dataformats="HWC")
-
-    def write_row(row: dict):
-        """Append a row to metrics.jsonl, redraw curves.png, and mirror the scalars to TensorBoard."""
-        with open(log_path, "a") as f:
-            f.write(json.dumps(row) + "\n")
-        curves.update()
-        if tb is not None:
-            for key, value in row.items():
-                if key != "step" and isinstance(value, (int, float)):
-                    tb.add_scalar(key.replace("val_", "val/", 1) if key.startswith("val_") else f"train/{key}",
-                                  value, step)
-            tb.flush()
-
-    def validate() -> float:
-        """evaluate.py's metrics on the validation pairs in the paper's test-time mode as a val_ row;
-        G_best.pt when --best-metric improves. G's state and every RNG stream are left untouched.
-        Returns the seconds it took."""
-        t0 = time.perf_counter()
-        # Dropout masks follow the memory layout: a contiguous copy reports exactly what evaluate.py
-        # reports for the saved weights
-        G_val = G if memory_format == torch.contiguous_format else \
-            copy.deepcopy(G).to(memory_format=torch.contiguous_format)
-        metrics, rows, _ = evaluate.evaluate_pairs(G_val, val_pairs, cfg.direction, device, paper=True,
-                                                   seed=cfg.seed, inception=inception)
-        del G_val
-        row = {"step": step, "epoch": step / steps_per_epoch, **{f"val_{k}": v for k, v in metrics.items()},
-               "val_images": len(rows), "val_seconds": time.perf_counter() - t0}
-        write_row(row)
-        if best.update(metrics.get(cfg.best_metric), step):
-            atomic_save({"version": CKPT_VERSION, "G": G.state_dict(), "config": cfg.to_dict(), "step": step,
-                         "metric": cfg.best_metric, "value": best.value, "val": metrics}, run_dir / "G_best.pt")
-        return row["val_seconds"]
-
+    # The loop: one GAN step, then what is due at this step (log row, validation, sample grid, save)
     stop = StopFlag()
-    log_path = run_dir / "metrics.jsonl"
-    curves = plots.Curves(log_path, run_dir / "curves.png")
-    sums = torch.zeros(3, device=device)  # running loss sums, read back only when logged
-    t_log, n_log, t_start = time.perf_counter(), 0, time.perf_counter()
-    if step == 0:
-        sample()  # the untrained generator: every later grid is compared with this one
+    meter = LossMeter(device)
+    if step == 0 and is_main:
+        run.samples(sample_grid(G, val, cfg, device, memory_format), step, cfg.direction)  # the untrained G
     bar = tqdm(total=end, initial=step, disable=not is_main, unit="step", dynamic_ncols=True)
     stopping = False  # agreed by every process; a signal before the first step still ends in a save
     while step < end and not stopping:
         epoch, first = divmod(step, steps_per_epoch)
-        plan = dataset.jitter_plan(len(train), cfg.seed, epoch, cfg.load_size, cfg.crop_size, cfg.flip)
-        rows = plan[: steps_per_epoch * cfg.batch_size * world].view(steps_per_epoch, world, cfg.batch_size, 4)
-        for batch in epoch_batches(train, rows[first:, rank], cfg):
+        plan = epoch_plan(train, epoch, steps_per_epoch, world, cfg)
+        for batch in epoch_batches(train, plan[first:, rank], cfg):
             real_A, real_B = to_pair(batch, cfg, device, memory_format)
-
-            loss_D, loss_G_gan, loss_G_l1 = gan_step(G_train, D_train, D, opt_G, opt_D, scaler,
-                                                     real_A, real_B, cfg, dtype, device)
+            meter.add(*gan_step(G_train, D_train, D, opt_G, opt_D, state["scaler"], real_A, real_B, cfg, dtype,
+                                device))
             step += 1
-            sums += torch.stack([loss_D, loss_G_gan, loss_G_l1]).float()
-            n_log += 1
             bar.update(1)
             if step % steps_per_epoch == 0:
-                sched_G.step()
-                sched_D.step()
+                state["sched_G"].step()
+                state["sched_D"].step()
             stopping = stop.agreed(device)
             last = stopping or step == end
             if step % cfg.log_every == 0 or last:
-                if dist.is_initialized():
-                    dist.all_reduce(sums)
-                    sums /= world
-                means = (sums / n_log).tolist()  # the only host-device sync, once per log interval
-                now = time.perf_counter()
-                row = {"step": step, "epoch": step / steps_per_epoch, "loss_D": means[0],
-                       "loss_G_gan": means[1], "loss_G_l1": means[2], "lr": opt_G.param_groups[0]["lr"],
-                       "img_per_s": n_log * cfg.batch_size * world / (now - t_log),
-                       "seconds": now - t_start}
-                if is_main:
-                    write_row(row)
-                    bar.set_postfix(epoch=epoch + 1, D=f"{means[0]:.3f}", G_gan=f"{means[1]:.3f}",
-                                    G_l1=f"{means[2]:.3f}")
-                sums.zero_()
-                t_log, n_log = now, 0
+                row = meter.row(step, steps_per_epoch, opt_G.param_groups[0]["lr"], cfg.batch_size * world)
+                run.log(row)
+                bar.set_postfix(epoch=epoch + 1, D=f"{row['loss_D']:.3f}", G_gan=f"{row['loss_G_gan']:.3f}",
+                                G_l1=f"{row['loss_G_l1']:.3f}")
             if is_main and cfg.validate and (step % val_every == 0 or step == end):
+                t0 = time.perf_counter()
                 try:
-                    t_log += validate()  # img_per_s counts training only
+                    metrics, n = validate(G, val_pairs, cfg, device, memory_format, inception)
                 except InputError as e:  # a validation problem must not cost the steps since the last save
                     tqdm.write(f"warning: validation at step {step} skipped: {e}", file=sys.stderr)
-            if step % cfg.sample_every == 0 or last:
-                sample()
+                else:
+                    seconds = time.perf_counter() - t0
+                    meter.exclude(seconds)  # img_per_s counts training only
+                    run.log({"step": step, "epoch": step / steps_per_epoch,
+                             **{f"val_{k}": v for k, v in metrics.items()}, "val_images": n, "val_seconds": seconds})
+                    if best.update(metrics.get(cfg.best_metric), step):
+                        run.save_best(G.state_dict(), cfg.to_dict(), step, cfg.best_metric, best.value, metrics)
+            if is_main and (step % cfg.sample_every == 0 or last):
+                run.samples(sample_grid(G, val, cfg, device, memory_format), step, cfg.direction)
             if step % cfg.save_every == 0 or last:
-                save()
+                broadcast_buffers(G, D)  # the running statistics saved are rank 0's, and now every process's
+                run.save(state, step=step, epoch=step // steps_per_epoch, config=cfg.to_dict(),
+                         rng=gather_objects(rng_state()),  # every process's, in rank order
+                         data={"seed": cfg.seed, "steps_per_epoch": steps_per_epoch, "pairs": len(train)})
             if last:
                 break
+
+    # The end
     bar.close()
+    run.close()
     if is_main:
-        curves.finish()
-        why = "stopped by signal" if stopping else "done"
-        print(f"{why} at step {step}/{total}; checkpoint {run_dir / 'last.pt'}, generator {run_dir / 'G.pt'}")
+        print(f"{'stopped by signal' if stopping else 'done'} at step {step}/{total}; "
+              f"checkpoint {run.last}, generator {run.generator}")
         if best.step is not None:
-            print(f"best val_{cfg.best_metric} {best.value:.4f} at step {best.step}: {run_dir / 'G_best.pt'}")
-    if tb is not None:
-        tb.close()
+            print(f"best val_{cfg.best_metric} {best.value:.4f} at step {best.step}: {run.best}")
     if dist.is_initialized():
         dist.destroy_process_group()
 
