@@ -69,7 +69,7 @@ class Config:
                    choices=["auto", "bf16", "fp16", "off"])
     channels_last: str = opt("auto", "NHWC memory format; auto: on", choices=["auto", "on", "off"])
     deterministic: bool = opt(False, "deterministic kernels only (cuDNN, cuBLAS; cudnn.benchmark off) so a "
-                              "GPU run repeats bit for bit; costs speed (see README)")
+                              "GPU run repeats bit for bit; costs speed (see docs/training.md)")
     compile: str = opt("off", "torch.compile the networks; reduce-overhead adds CUDA graphs",
                        choices=["off", "default", "reduce-overhead", "max-autotune"])
     # bookkeeping

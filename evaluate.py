@@ -5,7 +5,7 @@
     python evaluate.py --weights sat2map --fid --inception-weights pt_inception-2015-12-05-6726825d.pth --out eval/
 
 Writes OUT/grid_input.png, grid_output.png, grid_target.png (3x8), grid_triplets.png (input | output |
-target per row), metrics.json, per_image.csv, and prints a table. Metrics are defined in README.md;
+target per row), metrics.json, per_image.csv, and prints a table. Metrics are defined in docs/evaluation.md;
 `evaluate_pairs` computes them, here and in train.py's validation.
 """
 import csv
@@ -26,7 +26,7 @@ from config import WEIGHTS_HELP, add_device, command_parser
 from generator import inference, load_generator, tta
 from utils import InputError, atomic_write_text, pick_device, run_command, save_grid
 
-# Google-map palette of the maps set, calibrated on ../shared/maps_sample (see README): several
+# Google-map palette of the maps set, calibrated on ../shared/maps_sample (see docs/evaluation.md): several
 # prototypes per class; a pixel takes the class of its nearest prototype, and is background when no
 # prototype is within PALETTE_RADIUS.
 CLASSES = ("background", "road", "highway", "water", "park")

@@ -270,8 +270,12 @@ def fetch_pretrained(name: str, folder="weights") -> Path:
 
 
 def load_generator(weights, device="cpu") -> tuple[Generator, dict]:
-    """A ready Generator from a training checkpoint, a G.pt, an official pix2pix file, or the name of
-    an official pretrained generator (downloaded once into weights/). Returns (G, config dict)."""
+    """A Generator from a training checkpoint, a G.pt, an official pix2pix file, or the name of an
+    official pretrained generator (downloaded once into weights/). Returns (G, config dict).
+
+    G is in train mode (as load_state_dict leaves it), float32, on `device`. It takes (N, 3, H, W) in
+    [-1, 1] with H and W multiples of 256. Run it under `inference(G, paper=True, seed=0)` for the
+    paper's test-time mode, or `G.eval()` / `inference(G, paper=False)` for the eval mode."""
     weights = str(weights)
     path = Path(weights)
     if weights in PRETRAINED and not path.exists():
