@@ -12,7 +12,7 @@
     G_best.pt          the generator at the best validation value of --best-metric
 
 train.py owns the GAN step, the schedule and the loop; `RunDir` owns these files. Only the main
-process writes: on the others every writing method does nothing, so the loop calls them everywhere.
+process writes: on the others every writing method returns at once.
 """
 import json
 from pathlib import Path
@@ -24,7 +24,8 @@ from config import ARCH_FIELDS, Config
 from utils import InputError, atomic_save, atomic_write_text, first_line, safe_load, save_grid, set_rng_state
 
 # ----------------------------------------------------------------------------------------------------
-# What a checkpoint holds: `checkpoint` builds last.pt, `check_checkpoint` and `restore` read it back
+# What a checkpoint holds: `checkpoint` builds last.pt; `check_complete`, `load_checkpoint` and
+# `restore` read it back
 
 CKPT_VERSION = 1
 # last.pt holds "version", these fields, and the state_dict of every object of the training state

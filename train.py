@@ -8,6 +8,8 @@
 
 Stopping is safe at any moment (Ctrl-C and SIGTERM save first; SIGKILL loses at most the steps since
 the last save): running the same command again continues from RUN_DIR/last.pt, bit for bit.
+This file holds the GAN step, the schedule and the loop (`main`: setup, loop, end); rundir.py owns
+the run folder and what a checkpoint holds.
 """
 import copy
 import signal
