@@ -32,6 +32,12 @@ SHOW_PIXELS = 1 << 21  # the progress bar appears from this many input pixels on
 
 
 def main(argv=None):
+    args, opts = parse(argv)
+    return run(args, opts, raster.input_files(Path(args.input)))
+
+
+def parse(argv=None) -> tuple:
+    """predict.py's flags, checked (a bad one is a one-line usage error), and the per-file options."""
     p = command_parser(__doc__.split("\n")[0])
     p.add_argument("--weights", required=True, help=WEIGHTS_HELP)
     p.add_argument("--input", required=True, help="an image or raster file, or a folder of them")
@@ -85,8 +91,23 @@ def main(argv=None):
         p.error(f"--block {args.block}: expected a positive multiple of 256")
     if args.max_megapixels <= 0:
         p.error(f"--max-megapixels {args.max_megapixels}: expected a positive number")
-    opts = options(args, p)
-    files = raster.input_files(Path(args.input))
+    return args, options(args, p)
+
+
+def load(args, opts: raster.Options):
+    """The generator on the chosen device, in the precision and layout --amp and --eval ask for; the
+    options learn its direction."""
+    device = pick_device(args.device)
+    G, config = load_generator(args.weights, device)
+    G = G.to(amp_dtype(args.amp, device) or torch.float32)
+    if args.eval:  # channels-last is faster; the paper mode stays contiguous, as its dropout masks follow
+        G = G.to(memory_format=torch.channels_last)  # the layout and must match evaluate.py's
+    opts.direction = args.direction or config["direction"]
+    return G
+
+
+def run(args, opts: raster.Options, files: list[Path]) -> int:
+    """Translate the files (this process's share under torchrun); returns the exit status."""
     out_dir = Path(args.out)
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"--out {out_dir}: is a file, expected a folder")
@@ -99,12 +120,7 @@ def main(argv=None):
                          f"{Path(clashes[0][0]).stem}.*; rename one, or translate them into separate --out folders")
     rank, world = init_distributed()
     try:
-        device = pick_device(args.device)
-        G, config = load_generator(args.weights, device)
-        G = G.to(amp_dtype(args.amp, device) or torch.float32)
-        if args.eval:  # channels-last is faster; the paper mode stays contiguous, as its dropout masks follow
-            G = G.to(memory_format=torch.channels_last)  # the layout and must match evaluate.py's
-        opts.direction = args.direction or config["direction"]
+        G = load(args, opts)
         out_dir.mkdir(parents=True, exist_ok=True)
         failed = translate_files(G, files, out_dir, opts, rank, world)
     finally:

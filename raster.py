@@ -408,7 +408,7 @@ def translate_to_tiff(G, source, work: Path, engine: Engine, crs, transform, alp
     returns the number of valid pixels written."""
     top, bottom = rows or (0, source.height)
     if rows is not None and transform is not None:
-        transform = transform * transform.translation(0, top)
+        transform = transform @ transform.translation(0, top)
     with create_tiff(work, source.width, bottom - top, crs, transform, alpha) as dst:
         return engine.run(G, source, GeoTiffSink(dst, alpha, top), progress, rows, stats)
 
