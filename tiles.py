@@ -187,8 +187,10 @@ class Engine:
         progress: True for a tile bar, or a callable progress(done_tiles, total_tiles) called after
         each tile row is written (from the writer thread). rows: (y0, y1), only these output rows (a
         band from `bands`), each exactly as in a whole run. stats: a dict that receives the seconds
-        spent reading, scaling (and cutting tiles), in the network, blending and writing, and the
-        number of tiles of each row run."""
+        spent reading, scaling (and cutting tiles), in the network, blending and writing (each
+        stage's own time; they overlap), the run's wall time ("seconds") and the number of tiles of
+        each row run ("row_tiles")."""
+        began = time.perf_counter()
         H, W = source.height, source.width
         ys, blocks, cols = self.plan(H, W)
         first, stop = self._row_range(ys, H, rows)
@@ -211,6 +213,7 @@ class Engine:
                 for row in rows_in:
                     writer(self._network(G, row, device, stats))
         bar.close()
+        stats["seconds"] = stats.get("seconds", 0.0) + time.perf_counter() - began
         return writer.valid_pixels
 
     def _read(self, source, ys, blocks, cols, first, stop, device, stats):
