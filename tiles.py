@@ -164,12 +164,6 @@ class Engine:
         edge = lambda i: ys[i] if i < len(ys) else height  # noqa: E731
         return [(edge(a), edge(b)) for a, b in zip(cuts, cuts[1:])]
 
-    def count_tiles(self, height: int, width: int, rows=None) -> int:
-        """Tiles (including those skipped for having no valid pixel) a run over `rows` walks."""
-        ys, _, cols = self.plan(height, width)
-        first, stop = self._row_range(ys, height, rows)
-        return (stop - first) * sum(map(len, cols))
-
     def _row_range(self, ys, height, rows) -> tuple[int, int]:
         """Tile rows to run for output rows `rows` = (y0, y1): from the first that reaches below y0
         (its lower part is blended into y0's rows) to the last that starts above y1."""
