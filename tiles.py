@@ -102,13 +102,6 @@ class Row:
     timing: tuple | None = None  # CUDA events around the network, read once the writer has synced
 
 
-class Failure:
-    """What a reader or writer thread leaves behind when it raises."""
-
-    def __init__(self, error: BaseException):
-        self.error = error
-
-
 def put(q: queue.Queue, item, stop: threading.Event) -> bool:
     """q.put that gives up (returns False) once `stop` is set, so no thread waits forever on a
     consumer that has died."""
@@ -121,17 +114,17 @@ def put(q: queue.Queue, item, stop: threading.Event) -> bool:
     return False
 
 
+DONE = object()  # the end of a queue's items
+
+
 def get(q: queue.Queue, stop: threading.Event):
-    """q.get that returns None once `stop` is set and nothing is left."""
+    """q.get that returns DONE once `stop` is set and nothing is left."""
     while True:
         try:
             return q.get(timeout=0.05)
         except queue.Empty:
             if stop.is_set():
-                return None
-
-
-DONE = object()  # the end of a queue's items
+                return DONE
 
 
 @dataclass
@@ -160,9 +153,8 @@ class Engine:
         """Up to n horizontal bands (y0, y1) of output rows, cut at tile-row boundaries with about as
         many tile rows each: translated apart (`run(rows=...)`) they give the whole result exactly."""
         ys = self.plan(height, width)[0]
-        cuts = sorted({round(k * len(ys) / n) for k in range(n + 1)})
-        edge = lambda i: ys[i] if i < len(ys) else height  # noqa: E731
-        return [(edge(a), edge(b)) for a, b in zip(cuts, cuts[1:])]
+        cuts, edges = sorted({round(k * len(ys) / n) for k in range(n + 1)}), ys + [height]
+        return [(edges[a], edges[b]) for a, b in zip(cuts, cuts[1:])]
 
     def _row_range(self, ys, height, rows) -> tuple[int, int]:
         """Tile rows to run for output rows `rows` = (y0, y1): from the first that reaches below y0
@@ -170,7 +162,7 @@ class Engine:
         if rows is None:
             return 0, len(ys)
         y0, y1 = rows
-        if (y0 not in ys and y0 != height) or (y1 not in ys and y1 != height):
+        if y0 not in ys + [height] or y1 not in ys + [height]:
             raise ValueError(f"rows {rows}: expected tile-row boundaries (see Engine.bands)")
         first = next(i for i, y in enumerate(ys) if y + self.tile > y0)
         return first, sum(y < y1 for y in ys)
@@ -297,14 +289,14 @@ class Engine:
             put(inbox, DONE, stop)
 
         def write():
-            while (row := get(outbox, stop)) not in (None, DONE):
+            while (row := get(outbox, stop)) is not DONE:
                 writer(row)
 
         threads = [threading.Thread(target=on_device(f), daemon=True, name=f"tiles-{f.__name__}") for f in (read, write)]
         for th in threads:
             th.start()
         try:
-            while (row := get(inbox, stop)) not in (None, DONE):
+            while (row := get(inbox, stop)) is not DONE:
                 if not put(outbox, self._network(G, row, device, stats), stop):
                     break
             else:
