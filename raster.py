@@ -5,7 +5,8 @@
 predict.py is the command; this file does the work. An input is read as a *source* (a GDAL raster
 through rasterio, or a decoded PNG/JPEG), run through the tile engine, and written to a *sink* (a
 GeoTIFF on the input's grid, or a PNG). A raster is never held whole: the engine reads and writes it
-window by window, so memory depends on the tile and the block, not on the raster.
+window by window, so memory depends on the tile and the block, not on the raster. Under torchrun a
+large raster is translated band by band into part files, one per process, which `assemble` joins.
 """
 import contextlib
 import glob
