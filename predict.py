@@ -4,15 +4,21 @@
     python predict.py --weights sat2map --input folder/ --out out/ --eval --scale 0.43
     python predict.py --weights sat2map --input data/maps/val --pairs --out out/
     python predict.py --weights sat2map --input scene.tif --out out/ --bands 3,2,1 --gsd 1.2 --eval
+    torchrun --nproc-per-node 4 predict.py --weights sat2map --input region/ --out out/ --eval
 
 PNG/JPEG go through PIL, anything else GDAL reads (GeoTIFF, VRT, JP2, ...) through rasterio, window by
 window; both run the tile engine of tiles.py (overlapping tiles blended with a smooth window). A
-georeferenced input gives OUT/<stem>.tif on its own grid, masked where it has no data.
+georeferenced input gives OUT/<stem>.tif on its own grid, masked where it has no data. Under torchrun
+the processes share the files out by pixel count and cut a raster larger than a fair share into bands
+of tile rows, one per process; rank 0 joins the bands. The output is the one-process output
+(docs/inference-at-scale.md).
 """
 import sys
+import time
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from tqdm import tqdm
 
 import dataset
@@ -20,10 +26,18 @@ import raster
 import tiles
 from config import WEIGHTS_HELP, add_device, command_parser
 from generator import load_generator
-from utils import InputError, amp_dtype, pick_device, run_command
+from utils import InputError, amp_dtype, gather_objects, init_distributed, pick_device, run_command
+
+SHOW_PIXELS = 1 << 21  # the progress bar appears from this many input pixels on (32 tiles of 256 px)
 
 
 def main(argv=None):
+    args, opts = parse(argv)
+    return run(args, opts, raster.input_files(Path(args.input)))
+
+
+def parse(argv=None) -> tuple:
+    """predict.py's flags, checked (a bad one is a one-line usage error), and the per-file options."""
     p = command_parser(__doc__.split("\n")[0])
     p.add_argument("--weights", required=True, help=WEIGHTS_HELP)
     p.add_argument("--input", required=True, help="an image or raster file, or a folder of them")
@@ -77,18 +91,26 @@ def main(argv=None):
         p.error(f"--block {args.block}: expected a positive multiple of 256")
     if args.max_megapixels <= 0:
         p.error(f"--max-megapixels {args.max_megapixels}: expected a positive number")
-    opts = options(args, p)
-    files = raster.input_files(Path(args.input))
+    return args, options(args, p)
+
+
+def load(args, opts: raster.Options):
+    """The generator on the chosen device, in the precision and layout --amp and --eval ask for; the
+    options learn its direction."""
     device = pick_device(args.device)
     G, config = load_generator(args.weights, device)
     G = G.to(amp_dtype(args.amp, device) or torch.float32)
     if args.eval:  # channels-last is faster; the paper mode stays contiguous, as its dropout masks follow
         G = G.to(memory_format=torch.channels_last)  # the layout and must match evaluate.py's
     opts.direction = args.direction or config["direction"]
+    return G
+
+
+def run(args, opts: raster.Options, files: list[Path]) -> int:
+    """Translate the files (this process's share under torchrun); returns the exit status."""
     out_dir = Path(args.out)
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"--out {out_dir}: is a file, expected a folder")
-    out_dir.mkdir(parents=True, exist_ok=True)
     stems = {}
     for f in files:
         stems.setdefault(f.stem, []).append(f.name)
@@ -96,15 +118,135 @@ def main(argv=None):
     if clashes:
         raise InputError(f"--input {args.input}: {' and '.join(clashes[0])} would both be written as "
                          f"{Path(clashes[0][0]).stem}.*; rename one, or translate them into separate --out folders")
-    failed = 0
-    for f in tqdm(files, desc="translate", unit="img", disable=len(files) == 1):
-        try:
-            raster.predict_file(G, f, out_dir, opts)
-        except InputError as e:  # dataset.DataError is one too
-            raster.report(f"{e}: skipped")
-            failed += 1
-    print(f"translated {len(files) - failed} of {len(files)} input(s) into {out_dir}")
+    rank, world = init_distributed()
+    try:
+        G = load(args, opts)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        failed = translate_files(G, files, out_dir, opts, rank, world)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    if rank == 0:
+        print(f"translated {len(files) - failed} of {len(files)} input(s) into {out_dir}")
     return 1 if failed else 0
+
+
+# ----------------------------------------------------------------------------------------------------
+# Sharing the work between processes (torchrun)
+
+
+def share_work(files: list[Path], opts: raster.Options, world: int) -> list[list[tuple]]:
+    """Each process's units of work, (file index, part or None, input pixels): a GDAL raster larger than
+    a fair share is cut into one band per process (`part` = (k, n), band k to process k), the other
+    files go whole, largest first, to the process with the least work so far."""
+    pixels = [raster.input_pixels(f) for f in files]
+    work, loads = [[] for _ in range(world)], [0] * world
+    whole = []
+    for i, f in enumerate(files):
+        n = 1
+        if world > 1 and not raster.is_picture(f) and pixels[i] > sum(pixels) / world:
+            try:
+                n = raster.parts_of(f, opts, world)
+            except InputError:  # reported when the file is translated
+                pass
+        if n == 1:
+            whole.append(i)
+            continue
+        for k in range(n):
+            work[k].append((i, (k, n), pixels[i] // n))
+            loads[k] += pixels[i] // n
+    for i in sorted(whole, key=lambda i: (-pixels[i], i)):
+        r = loads.index(min(loads))
+        work[r].append((i, None, pixels[i]))
+        loads[r] += pixels[i]
+    return work
+
+
+def translate_files(G, files: list[Path], out_dir: Path, opts: raster.Options, rank: int, world: int) -> int:
+    """Translate this process's share of the files; rank 0 then joins the parts of shared rasters and
+    reports every failed input once. Returns the number of inputs that failed."""
+    work = gather_objects(share_work(files, opts, world) if rank == 0 else None)[0]
+    progress = JobProgress(sum(px for units in work for _, _, px in units), rank, world)
+    failures = {}
+    for i, part, px in work[rank]:
+        try:
+            raster.predict_file(G, files[i], out_dir, opts, progress=progress.unit(px), part=part)
+        except InputError as e:  # dataset.DataError is one too
+            failures.setdefault(i, str(e))
+        progress.unit_done()
+    progress.wait_for_all()
+    for other in gather_objects(failures):
+        for i, message in other.items():
+            failures.setdefault(i, message)
+    if rank == 0:
+        shared = sorted({(i, part[1]) for units in work for i, part, _ in units if part is not None})
+        for i, n in shared:
+            if i in failures:
+                raster.discard_parts(files[i], out_dir, n)
+                continue
+            try:
+                raster.assemble(files[i], out_dir, opts, n)
+            except InputError as e:
+                failures[i] = str(e)
+        for i in sorted(failures):
+            raster.report(f"{failures[i]}: skipped")
+    # every process exits with rank 0's status, and only once rank 0 is done: torchrun stops the
+    # others as soon as one process exits with an error
+    return progress.agree(len(failures) if rank == 0 else None)
+
+
+class JobProgress:
+    """The whole job's progress in megapixels of input, shown on rank 0. Every process adds what it has
+    done to a counter in torch.distributed's key-value store (a plain number in a single process), and
+    waits there for the others at the end, so that no collective call waits for long."""
+    DONE, RANKS, FAILED = "predict/pixels_done", "predict/ranks_done", "predict/failed"
+
+    def __init__(self, total_pixels: int, rank: int, world: int):
+        self.store = dist.distributed_c10d._get_default_store() if world > 1 else None
+        self.world, self.count, self.px, self.reported = world, 0, 0, 0
+        self.bar = tqdm(total=round(total_pixels / 1e6, 1), desc="translate", unit="MP", dynamic_ncols=True,
+                        bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} MP [{elapsed}<{remaining}]",
+                        disable=rank != 0 or total_pixels < SHOW_PIXELS)
+
+    def unit(self, pixels: int):
+        """The progress callable of one unit of `pixels` input pixels (tiles.Engine.run's contract)."""
+        self.px, self.reported = pixels, 0
+        return self._tiles
+
+    def _tiles(self, done: int, total: int):
+        self._add(self.px * done // max(total, 1) - self.reported)
+
+    def unit_done(self):
+        self._add(self.px - self.reported)
+
+    def _add(self, pixels: int):
+        self.reported += pixels
+        self.count = self.store.add(self.DONE, pixels) if self.store is not None else self.count + pixels
+        self._show(self.count)
+
+    def _show(self, count: int):
+        if not self.bar.disable:
+            self.bar.update(min(round(count / 1e6, 1), self.bar.total) - self.bar.n)
+
+    def wait_for_all(self):
+        if self.store is not None:
+            self.store.add(self.RANKS, 1)
+            while self.store.add(self.RANKS, 0) < self.world:
+                self._show(self.store.add(self.DONE, 0))
+                time.sleep(0.2)
+            self._show(self.store.add(self.DONE, 0))
+        self.bar.close()
+
+    def agree(self, failed: int | None) -> int:
+        """Rank 0's count of failed inputs, on every process once rank 0 has set it."""
+        if self.store is None:
+            return failed
+        if failed is not None:
+            self.store.set(self.FAILED, str(failed))
+            return failed
+        while not self.store.check([self.FAILED]):
+            time.sleep(0.2)
+        return int(self.store.get(self.FAILED))
 
 
 def options(args, p) -> raster.Options:

@@ -5,8 +5,11 @@
 predict.py is the command; this file does the work. An input is read as a *source* (a GDAL raster
 through rasterio, or a decoded PNG/JPEG), run through the tile engine, and written to a *sink* (a
 GeoTIFF on the input's grid, or a PNG). A raster is never held whole: the engine reads and writes it
-window by window, so memory depends on the tile and the block, not on the raster.
+window by window, so memory depends on the tile and the block, not on the raster. Under torchrun a
+large raster is translated band by band into part files, one per process, which `assemble` joins.
 """
+import contextlib
+import glob
 import math
 import os
 import sys
@@ -172,17 +175,23 @@ class RasterSource:
         self.lo = None if lo is None else torch.tensor(lo, dtype=torch.float32).view(3, 1, 1)
         self.hi = None if hi is None else torch.tensor(hi, dtype=torch.float32).view(3, 1, 1)
 
-    def read(self, y0, y1, x0, x1):
+    def read_raw(self, y0, y1, x0, x1):
+        """The bands' values in a window, as stored, and where they are valid."""
         from rasterio.windows import Window
         win = Window(x0, y0, x1 - x0, y1 - y0)
         data = self.ds.read(self.bands, window=win)
-        valid = torch.from_numpy(valid_mask(self.ds, self.bands, win, data))
+        return data, torch.from_numpy(valid_mask(self.ds, self.bands, win, data))
+
+    def scale(self, data: np.ndarray) -> torch.Tensor:
+        """Stored values -> float (3, h, w) in [-1, 1]."""
         if self.lo is None:
-            x = torch.from_numpy(data).float() / 127.5 - 1
-        else:
-            x = torch.from_numpy(np.nan_to_num(data.astype(np.float32)))
-            x = ((x - self.lo) / (self.hi - self.lo)).clamp(0, 1) * 2 - 1
-        return x, valid
+            return torch.from_numpy(data).float() / 127.5 - 1
+        x = torch.from_numpy(np.nan_to_num(data.astype(np.float32)))
+        return ((x - self.lo) / (self.hi - self.lo)).clamp(0, 1) * 2 - 1
+
+    def read(self, y0, y1, x0, x1):
+        data, valid = self.read_raw(y0, y1, x0, x1)
+        return self.scale(data), valid
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -205,13 +214,13 @@ class GeoTiffSink:
     """Writes uint8 RGB windows and their validity into an open GTiff: as its internal mask, or as a
     4th (alpha) band for PNG output."""
 
-    def __init__(self, dst, alpha: bool = False):
-        self.dst, self.alpha = dst, alpha
+    def __init__(self, dst, alpha: bool = False, top: int = 0):
+        self.dst, self.alpha, self.top = dst, alpha, top  # top: the row of the image dst starts at
 
     def write(self, y, x, rgb, valid):
         from rasterio.windows import Window
         h, w = rgb.shape[1:]
-        win = Window(x, y, w, h)
+        win = Window(x, y - self.top, w, h)
         pixels = to_uint8(rgb)
         mask = valid.numpy().astype(np.uint8) * 255
         pixels[:, mask == 0] = 0
@@ -357,17 +366,22 @@ def ground_scale(ds, gsd: float, path) -> float:
     return res / gsd
 
 
-def predict_file(G, path: Path, out_dir: Path, opts: Options, progress: bool = True) -> Path:
-    """Translate one input into out_dir; returns the written file. Bad input raises InputError."""
+def predict_file(G, path: Path, out_dir: Path, opts: Options, progress=True, part=None,
+                 stats: dict | None = None) -> Path:
+    """Translate one input into out_dir; returns the written file. Bad input raises InputError.
+
+    progress: True for a tile bar, or a callable progress(done_tiles, total_tiles) called after each
+    tile row. part: (k, n) translates only band k of n of a GDAL raster into its part file (returned),
+    which `assemble` later joins with the others into the output. stats: see tiles.Engine.run."""
     if is_picture(path):
-        return predict_picture(G, path, out_dir, opts)
+        return predict_picture(G, path, out_dir, opts, progress, stats)
     with rasterio_env():
         ds = open_raster(path)
         with ds:
-            return predict_raster(G, ds, path, out_dir, opts, progress)
+            return predict_raster(G, ds, path, out_dir, opts, progress, part, stats)
 
 
-def predict_picture(G, path: Path, out_dir: Path, opts: Options) -> Path:
+def predict_picture(G, path: Path, out_dir: Path, opts: Options, progress=False, stats=None) -> Path:
     """A PNG/JPEG decoded whole as uint8 (PIL), translated by the same engine, saved as PNG (or TIFF)."""
     from PIL import Image
     from utils import save_image
@@ -382,40 +396,71 @@ def predict_picture(G, path: Path, out_dir: Path, opts: Options) -> Path:
         raise InputError(f"{path}: the output would overwrite the input; choose another --out")
     if fmt == "png":
         sink = ArraySink(img.height, img.width)
-        opts.engine.run(G, source, sink)
+        opts.engine.run(G, source, sink, progress, stats=stats)
         save_image(Image.fromarray(sink.out), out)
         return out
     with rasterio_env():
-        return write_via_tiff(G, source, out, "tif", opts.engine, None, None)
+        return write_via_tiff(G, source, out, "tif", opts.engine, None, None, progress=progress, stats=stats)
+
+
+def translate_to_tiff(G, source, work: Path, engine: Engine, crs, transform, alpha=False, progress=False,
+                      rows=None, stats=None) -> int:
+    """Run the engine into a new working GTiff (only the output rows `rows`, if given, for a part);
+    returns the number of valid pixels written."""
+    top, bottom = rows or (0, source.height)
+    if rows is not None and transform is not None:
+        transform = transform @ transform.translation(0, top)
+    with create_tiff(work, source.width, bottom - top, crs, transform, alpha) as dst:
+        return engine.run(G, source, GeoTiffSink(dst, alpha, top), progress, rows, stats)
+
+
+def finish(work: Path, grid: Path, out: Path, fmt: str, valid: int, alpha=False, back=None):
+    """Turn a complete working GTiff into `out`: refuse it when no pixel is valid, resample it back
+    to the input grid (`back` = (dataset, bands)) into `grid`, publish."""
+    if not valid:
+        raise InputError(f"{out.stem}: every pixel is nodata or masked; nothing to translate")
+    if back is not None:
+        resample_back(work, *back, grid, alpha)
+        work.unlink()
+        work = grid
+    publish(work, out, fmt)
 
 
 def write_via_tiff(G, source, out: Path, fmt: str, engine: Engine, crs, transform, alpha=False,
-                   progress=False, back=None) -> Path:
+                   progress=False, back=None, stats=None) -> Path:
     """Run the engine into a working GTiff next to `out`, optionally resample it back to the input
     grid (`back` = (dataset, bands)), then publish it as `out`. Temp files never outlive the call."""
     work = out.with_name(f".{out.stem}.work.tif")
     grid = out.with_name(f".{out.stem}.grid.tif")
     try:
-        with create_tiff(work, source.width, source.height, crs, transform, alpha) as dst:
-            valid = engine.run(G, source, GeoTiffSink(dst, alpha), progress)
-        if not valid:
-            raise InputError(f"{out.stem}: every pixel is nodata or masked; nothing to translate")
-        if back is not None:
-            resample_back(work, *back, grid, alpha)
-            work.unlink()
-            work, grid = grid, work
-        publish(work, out, fmt)
+        valid = translate_to_tiff(G, source, work, engine, crs, transform, alpha, progress, stats=stats)
+        finish(work, grid, out, fmt, valid, alpha, back)
     finally:
         work.unlink(missing_ok=True)
         grid.unlink(missing_ok=True)
     return out
 
 
-def predict_raster(G, ds, path: Path, out_dir: Path, opts: Options, progress: bool) -> Path:
-    """A GDAL raster: pick and scale bands, resample to the working resolution if asked, translate
-    window by window, and write on the input's grid."""
-    from rasterio.enums import Resampling
-    from rasterio.vrt import WarpedVRT
+@dataclass
+class RasterPlan:
+    """What a raster becomes: its bands and value scaling, the output file and format, and the
+    working grid the engine runs on (the input's, or a resampled one for --scale / --gsd)."""
+    bands: list
+    lo: np.ndarray | None
+    hi: np.ndarray | None
+    out: Path
+    fmt: str
+    alpha: bool
+    georef: bool
+    width: int
+    height: int
+    transform: object  # the working grid's; None for a raster without georeferencing
+    resampled: bool
+
+
+def plan_raster(ds, path: Path, out_dir: Path, opts: Options) -> RasterPlan:
+    """Decide bands, value scaling, output and working grid; every process of a shared raster
+    decides the same (the stretch sample is seeded)."""
     bands = pick_bands(ds, opts.bands, path)
     lo = hi = None
     if opts.value_range is not None:
@@ -431,18 +476,130 @@ def predict_raster(G, ds, path: Path, out_dir: Path, opts: Options, progress: bo
     masked = any(f.name != "all_valid" for b in bands for f in ds.mask_flag_enums[b - 1])
     alpha = fmt == "png" and masked
     if abs(scale - 1) < 1e-9:
-        return write_via_tiff(G, RasterSource(ds, bands, lo, hi), out, fmt, opts.engine, ds.crs,
-                              ds.transform if georef else None, alpha, progress)
+        return RasterPlan(bands, lo, hi, out, fmt, alpha, georef, ds.width, ds.height,
+                          ds.transform if georef else None, False)
     if not georef:
         raise InputError(f"{path}: --scale on a raster needs georeferencing to map the result back "
                          f"onto its grid (convert it to PNG to resize it plainly)")
     width, height = max(1, round(ds.width * scale)), max(1, round(ds.height * scale))
     transform = ds.transform @ ds.transform.scale(ds.width / width, ds.height / height)
-    has_mask = any(f.name in ("per_dataset", "alpha") for f in ds.mask_flag_enums[bands[0] - 1])
-    with WarpedVRT(ds, crs=ds.crs, transform=transform, width=width, height=height, add_alpha=has_mask and ds.nodata is None,
-                   resampling=Resampling.average if scale < 1 else Resampling.bilinear) as vrt:
-        return write_via_tiff(G, RasterSource(vrt, bands, lo, hi), out, fmt, opts.engine, ds.crs, transform,
-                              alpha, progress, back=(ds, bands))
+    return RasterPlan(bands, lo, hi, out, fmt, alpha, georef, width, height, transform, True)
+
+
+@contextlib.contextmanager
+def working_source(ds, plan: RasterPlan):
+    """The RasterSource the engine reads: the raster itself, or a resampling view of it."""
+    from rasterio.enums import Resampling
+    from rasterio.vrt import WarpedVRT
+    if not plan.resampled:
+        yield RasterSource(ds, plan.bands, plan.lo, plan.hi)
+        return
+    has_mask = any(f.name in ("per_dataset", "alpha") for f in ds.mask_flag_enums[plan.bands[0] - 1])
+    with WarpedVRT(ds, crs=ds.crs, transform=plan.transform, width=plan.width, height=plan.height,
+                   add_alpha=has_mask and ds.nodata is None,
+                   resampling=Resampling.average if plan.width < ds.width else Resampling.bilinear) as vrt:
+        yield RasterSource(vrt, plan.bands, plan.lo, plan.hi)
+
+
+def predict_raster(G, ds, path: Path, out_dir: Path, opts: Options, progress, part=None, stats=None) -> Path:
+    """A GDAL raster: pick and scale bands, resample to the working resolution if asked, translate
+    window by window, and write on the input's grid (or, for a part, its band of the working grid)."""
+    plan = plan_raster(ds, path, out_dir, opts)
+    back = (ds, plan.bands) if plan.resampled else None
+    with working_source(ds, plan) as source:
+        if part is None:
+            return write_via_tiff(G, source, plan.out, plan.fmt, opts.engine, ds.crs, plan.transform, plan.alpha,
+                                  progress, back, stats)
+        k, n = part
+        target = part_path(plan.out, k, n)
+        rows = opts.engine.bands(plan.height, plan.width, n)[k]
+        try:
+            translate_to_tiff(G, source, target, opts.engine, ds.crs, plan.transform, plan.alpha, progress, rows, stats)
+        except BaseException:
+            target.unlink(missing_ok=True)
+            raise
+        return target
+
+
+# ----------------------------------------------------------------------------------------------------
+# One raster shared between processes: each translates a band into its part file, one joins them
+
+
+def part_path(out: Path, k: int, n: int) -> Path:
+    """The temp file of band k of n of the output `out`, next to it."""
+    return out.with_name(f".{out.stem}.part{k}of{n}.tif")
+
+
+def parts_of(path: Path, opts: Options, n: int) -> int:
+    """How many bands a raster is cut into for n processes (fewer when it has fewer tile rows)."""
+    with rasterio_env():
+        ds = open_raster(path)
+        with ds:
+            scale = ground_scale(ds, opts.gsd, path) if opts.gsd else opts.scale
+            height = max(1, round(ds.height * scale))
+            width = max(1, round(ds.width * scale))
+    return len(opts.engine.bands(height, width, n))
+
+
+def assemble(path: Path, out_dir: Path, opts: Options, n: int, rows: int = 512) -> Path:
+    """Join the n part files of a shared raster, band after band, window by window, into the working
+    GTiff, then finish it as a one-process run does (resample back, COG or PNG); removes the parts.
+    The result equals the one-process output: each band was translated exactly as in a whole run."""
+    import rasterio
+    from rasterio.windows import Window
+    with rasterio_env():
+        ds = open_raster(path)
+        with ds:
+            plan = plan_raster(ds, path, out_dir, opts)
+            parts = [part_path(plan.out, k, n) for k in range(n)]
+            work = plan.out.with_name(f".{plan.out.stem}.work.tif")
+            grid = plan.out.with_name(f".{plan.out.stem}.grid.tif")
+            try:
+                missing = [p for p in parts if not p.is_file()]
+                if missing:
+                    raise InputError(f"{path}: part {missing[0]} is missing; with several machines, --out must "
+                                     f"be a folder all of them see (a shared file system)")
+                valid = 0
+                with create_tiff(work, plan.width, plan.height, ds.crs, plan.transform, plan.alpha) as dst:
+                    top = 0
+                    for part in parts:
+                        with rasterio.open(part) as src:
+                            for y in range(0, src.height, rows):
+                                win = Window(0, y, src.width, min(rows, src.height - y))
+                                out = Window(0, top + y, src.width, win.height)
+                                dst.write(src.read(window=win), window=out)
+                                mask = src.read(4, window=win) if plan.alpha else src.read_masks(1, window=win)
+                                valid += int(np.count_nonzero(mask))
+                                if not plan.alpha:
+                                    dst.write_mask(mask, window=out)
+                            top += src.height
+                finish(work, grid, plan.out, plan.fmt, valid, plan.alpha, (ds, plan.bands) if plan.resampled else None)
+            finally:
+                for p in (work, grid, *parts):
+                    p.unlink(missing_ok=True)
+    return plan.out
+
+
+def discard_parts(path: Path, out_dir: Path, n: int):
+    """Remove whatever part files of a shared raster exist (after a failure)."""
+    for f in out_dir.glob(f".{glob.escape(path.stem)}.part*of{n}.tif"):
+        f.unlink(missing_ok=True)
+
+
+def input_pixels(path: Path) -> int:
+    """A file's pixel count from its header (no decoding), to share files out by work; 0 when it
+    cannot be read (the error is reported when it is translated)."""
+    try:
+        if is_picture(path):
+            from PIL import Image
+            with Image.open(path) as img:
+                return img.width * img.height
+        with rasterio_env():
+            ds = open_raster(path)
+            with ds:
+                return ds.width * ds.height
+    except Exception:
+        return 0
 
 
 def report(message: str):

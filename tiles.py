@@ -3,11 +3,19 @@ window by window, so memory depends on the tile and the block width, never on th
 
     python predict.py --weights sat2map --input scene.tif --out out/   # runs it (see raster.py)
 
-An input is a *source* (height, width, and read(y0, y1, x0, x1) -> (image in [-1, 1], validity)), the
-output goes to a *sink* (write(y, x, rgb, valid)). The engine walks column blocks of at most `block`
-px and, inside each block, rows of tiles; a row of output is written as soon as no later tile touches
-it. raster.py supplies GeoTIFF sources and sinks; `translate` is the in-memory form.
+An input is a *source* (height, width, and read(y0, y1, x0, x1) -> (image in [-1, 1], validity on
+the host); optionally split as read_raw -> (raw, validity) and scale(raw) -> image, so the two are
+timed apart), the output goes to a *sink* (write(y, x, rgb, valid), host tensors). The engine walks
+column blocks of at most `block` px and, inside each block, rows of tiles; a row of output is written
+as soon as no later tile touches it. Three stages overlap: a reader thread (read, scale, cut tiles), the
+network on the calling thread, a writer thread (blend, write), joined by small bounded queues. A band
+of rows (`Engine.bands`) can be translated on its own, exactly as in the whole run: that is how
+predict.py shares one raster between processes. raster.py supplies GeoTIFF sources and sinks;
+`translate` is the in-memory form.
 """
+import contextlib
+import queue
+import threading
 import time
 from dataclasses import dataclass
 
@@ -80,8 +88,49 @@ def fill_invalid(t: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass
+class Row:
+    """One tile row of one column block, as the reader hands it to the network: the tiles to run (on
+    the host, pinned for a CUDA device, or wherever the source keeps its image), their places and
+    valid shares, and the padded validity mask (host)."""
+    block: int  # index of the column block
+    r: int  # index of the tile row
+    tiles: torch.Tensor | None  # (N, 3, t, t); None when no tile of the row has a valid pixel
+    places: list  # (y, x) of each tile
+    shares: list  # share of valid pixels of each tile, a python float
+    valid: torch.Tensor  # (t, block width) bool, host
+    out: torch.Tensor | None = None  # G's output for `tiles`, on the device
+    timing: tuple | None = None  # CUDA events around the network, read once the writer has synced
+
+
+def put(q: queue.Queue, item, stop: threading.Event) -> bool:
+    """q.put that gives up (returns False) once `stop` is set, so no thread waits forever on a
+    consumer that has died."""
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=0.05)
+            return True
+        except queue.Full:
+            pass
+    return False
+
+
+DONE = object()  # the end of a queue's items
+
+
+def get(q: queue.Queue, stop: threading.Event):
+    """q.get that returns DONE once `stop` is set and nothing is left."""
+    while True:
+        try:
+            return q.get(timeout=0.05)
+        except queue.Empty:
+            if stop.is_set():
+                return DONE
+
+
+@dataclass
 class Engine:
-    """How tiles are run: size, overlap, test-time mode, batching, TTA, and the column block width."""
+    """How tiles are run: size, overlap, test-time mode, batching, TTA, and the column block width.
+    pipeline: read and write in threads beside the network (the result is the same, bit for bit)."""
     tile: int = 256
     overlap: int = 64
     paper: bool = True
@@ -89,83 +138,277 @@ class Engine:
     batch: int = 8
     tta: bool = False
     block: int = 4096
+    pipeline: bool = True
+    queue_rows: int = 2  # tile rows waiting between two stages: memory stays a few rows
 
-    def run(self, G, source, sink, progress: bool = False) -> int:
-        """Translate source into sink; returns the number of valid output pixels."""
-        H, W, t = source.height, source.width, self.tile
-        ys, xs = tile_starts(max(H, t), t, self.overlap), tile_starts(max(W, t), t, self.overlap)
-        device = next(G.parameters()).device
-        win = window(t, device)[0]
-        blocks = [(x0, min(W, x0 + self.block)) for x0 in range(0, W, self.block)]
-        cols = [[x for x in xs if x < x1 and x + t > x0] for x0, x1 in blocks]
-        total = len(ys) * sum(map(len, cols))
-        bar = tqdm(total=total, desc="tiles", unit="tile", leave=False, disable=not progress or total < SHOW_TILES)
-        valid_pixels, pixels, start = 0, 0, time.perf_counter()
-        with inference(G, paper=self.paper, seed=self.seed):
-            for (x0, x1), block_cols in zip(blocks, cols):
-                cx0, cx1 = block_cols[0], block_cols[-1] + t
-                acc = torch.zeros(3, t, cx1 - cx0, device=device)
-                weight = torch.zeros(1, t, cx1 - cx0, device=device)
-                for r, y in enumerate(ys):
-                    image, valid = source.read(y, min(y + t, H), cx0, min(cx1, W))
-                    image, valid = pad_reflect(torch.cat([image, valid[None].float()])[None], t, cx1 - cx0)[0].split(3)
-                    valid = valid[0] > 0.5
-                    self._accumulate(G, image.to(device), valid.to(device), y, cx0, block_cols, acc, weight, win)
-                    bar.update(len(block_cols))
-                    end = ys[r + 1] if r + 1 < len(ys) else H  # rows above `end` get no more tiles
-                    rows, span = slice(0, end - y), slice(x0 - cx0, x1 - cx0)
-                    w = weight[:, rows, span]
-                    done = (w[0] > 0) & valid[rows, span].to(device)
-                    sink.write(y, x0, (acc[:, rows, span] / w.clamp_min(1e-12)).cpu(), done.cpu())
-                    valid_pixels += int(done.sum())
-                    pixels += (end - y) * (x1 - x0)
-                    if end < H:
-                        self._shift(acc, weight, ys[r + 1] - y)
-                    if not bar.disable:
-                        bar.set_postfix_str(f"{pixels / 1e6 / (time.perf_counter() - start):.2f} MP/s", refresh=False)
-        bar.close()
-        return valid_pixels
-
-    def _accumulate(self, G, image, valid, y, cx0, block_cols, acc, weight, win):
-        """Run the tiles of one tile row and add them, windowed and weighted by their share of valid
-        pixels, into the block's accumulators. Tiles without a valid pixel are not run at all."""
+    def plan(self, height: int, width: int):
+        """Tile rows, column blocks and each block's tile columns of a height x width image."""
         t = self.tile
+        ys, xs = tile_starts(max(height, t), t, self.overlap), tile_starts(max(width, t), t, self.overlap)
+        blocks = [(x0, min(width, x0 + self.block)) for x0 in range(0, width, self.block)]
+        cols = [[x for x in xs if x < x1 and x + t > x0] for x0, x1 in blocks]
+        return ys, blocks, cols
+
+    def bands(self, height: int, width: int, n: int) -> list[tuple[int, int]]:
+        """Up to n horizontal bands (y0, y1) of output rows, cut at tile-row boundaries with about as
+        many tile rows each: translated apart (`run(rows=...)`) they give the whole result exactly."""
+        ys = self.plan(height, width)[0]
+        cuts, edges = sorted({round(k * len(ys) / n) for k in range(n + 1)}), ys + [height]
+        return [(edges[a], edges[b]) for a, b in zip(cuts, cuts[1:])]
+
+    def _row_range(self, ys, height, rows) -> tuple[int, int]:
+        """Tile rows to run for output rows `rows` = (y0, y1): from the first that reaches below y0
+        (its lower part is blended into y0's rows) to the last that starts above y1."""
+        if rows is None:
+            return 0, len(ys)
+        y0, y1 = rows
+        if y0 not in ys + [height] or y1 not in ys + [height]:
+            raise ValueError(f"rows {rows}: expected tile-row boundaries (see Engine.bands)")
+        first = next(i for i, y in enumerate(ys) if y + self.tile > y0)
+        return first, sum(y < y1 for y in ys)
+
+    def run(self, G, source, sink, progress=False, rows=None, stats: dict | None = None) -> int:
+        """Translate source into sink; returns the number of valid output pixels written.
+
+        progress: True for a tile bar, or a callable progress(done_tiles, total_tiles) called after
+        each tile row is written (from the writer thread). rows: (y0, y1), only these output rows (a
+        band from `bands`), each exactly as in a whole run. stats: a dict that receives the seconds
+        spent reading, scaling (and cutting tiles), in the network, blending and writing (each
+        stage's own time; they overlap), the run's wall time ("seconds") and the number of tiles of
+        each row run ("row_tiles")."""
+        began = time.perf_counter()
+        H, W = source.height, source.width
+        ys, blocks, cols = self.plan(H, W)
+        first, stop = self._row_range(ys, H, rows)
+        write_from = ys[first] if rows is None else rows[0]
+        device = next(G.parameters()).device
+        total = (stop - first) * sum(map(len, cols))
+        stats = {} if stats is None else stats
+        for k in ("read", "scale", "network", "blend", "write"):
+            stats.setdefault(k, 0.0)
+        stats.setdefault("row_tiles", [])
+        bar = tqdm(total=total, desc="tiles", unit="tile", leave=False,
+                   disable=progress is not True or total < SHOW_TILES)
+        report = progress if callable(progress) else None
+        rows_in = self._read(source, ys, blocks, cols, first, stop, device, stats)
+        writer = Writer(self, sink, ys, blocks, cols, H, write_from, device, stats, bar, report, total)
+        with inference(G, paper=self.paper, seed=self.seed):
+            if self.pipeline:
+                self._overlapped(G, rows_in, writer, device, stats)
+            else:
+                for row in rows_in:
+                    writer(self._network(G, row, device, stats))
+        bar.close()
+        stats["seconds"] = stats.get("seconds", 0.0) + time.perf_counter() - began
+        return writer.valid_pixels
+
+    def _read(self, source, ys, blocks, cols, first, stop, device, stats):
+        """Rows of tiles, block by block (the reader's work): read, scale, pad, share of valid pixels
+        and invalid fill, all decided on the host from the mask, so the device is never waited on."""
+        t = self.tile
+        read_raw, scale = getattr(source, "read_raw", None), getattr(source, "scale", None)
+        for k, ((x0, x1), block_cols) in enumerate(zip(blocks, cols)):
+            cx0, cx1 = block_cols[0], block_cols[-1] + t
+            for r in range(first, stop):
+                y = ys[r]
+                start = time.perf_counter()
+                if read_raw is not None:
+                    raw, valid = read_raw(y, min(y + t, source.height), cx0, min(cx1, source.width))
+                    read = time.perf_counter()
+                    image = scale(raw)
+                else:
+                    image, valid = source.read(y, min(y + t, source.height), cx0, min(cx1, source.width))
+                    read = time.perf_counter()
+                stats["read"] += read - start
+                row = self._cut(image, valid.cpu(), k, r, y, cx0, cx1, block_cols, device)
+                stats["scale"] += time.perf_counter() - read
+                yield row
+
+    def _cut(self, image, valid, k, r, y, cx0, cx1, block_cols, device) -> Row:
+        """Pad a row's image and mask to whole tiles and cut out the tiles that have a valid pixel,
+        their invalid pixels filled."""
+        t = self.tile
+        image = pad_reflect(image[None], t, cx1 - cx0)[0]
+        valid = pad_reflect(valid[None, None].float(), t, cx1 - cx0)[0, 0] > 0.5
         tiles, places, shares = [], [], []
         for x in block_cols:
             v = valid[:, x - cx0:x - cx0 + t]
-            share = v.float().mean().item()
+            share = v.float().mean().item()  # a host tensor: no device sync
             if share == 0:
                 continue
             tile = image[:, :, x - cx0:x - cx0 + t]
-            tiles.append(tile if share == 1 else fill_invalid(tile, v))
+            tiles.append(tile if share == 1 else fill_invalid(tile, v.to(tile.device)))
             places.append((y, x))
             shares.append(share)
-        if not tiles:
-            return
-        out = run_tiles(G, torch.stack(tiles), places, self.paper, self.seed, self.batch, self.tta)
-        for o, (_, x), share in zip(out, places, shares):
-            acc[:, :, x - cx0:x - cx0 + t] += o * (win * share)
-            weight[:, :, x - cx0:x - cx0 + t] += win * share
+        batch = torch.stack(tiles) if tiles else None
+        if batch is not None and device.type == "cuda" and batch.device.type == "cpu":
+            batch = batch.pin_memory()  # so the copy to the device runs beside the host's work
+        return Row(k, r, batch, places, shares, valid)
 
-    @staticmethod
-    def _shift(acc, weight, rows: int):
-        """Move the accumulators up by `rows` (the rows just written) and clear the bottom."""
-        for a in (acc, weight):
-            a[:, :-rows] = a[:, rows:].clone()
-            a[:, -rows:] = 0
+    def _network(self, G, row: Row, device, stats) -> Row:
+        """G on one row's tiles (the main thread's work)."""
+        if row.tiles is None:
+            stats["row_tiles"].append(0)
+            return row
+        start = time.perf_counter()
+        events = None
+        if device.type == "cuda":
+            events = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            events[0].record()
+        tiles = row.tiles.to(device, non_blocking=True)
+        row.out = run_tiles(G, tiles, row.places, self.paper, self.seed, self.batch, self.tta)
+        if events is not None:
+            events[1].record()
+            row.timing = events  # the GPU's time, read by the writer once it has waited for the row
+        else:
+            stats["network"] += time.perf_counter() - start
+        stats["row_tiles"].append(len(row.places))
+        row.tiles = None  # the host copy may go
+        return row
+
+    def _overlapped(self, G, rows_in, writer, device, stats):
+        """The reader thread, the network here, the writer thread, with bounded queues between them.
+        An exception in any of the three stops the others and is raised here."""
+        inbox, outbox = queue.Queue(self.queue_rows), queue.Queue(self.queue_rows)
+        stop, errors = threading.Event(), []
+
+        def on_device(work):
+            def body():
+                try:
+                    with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
+                        work()
+                except BaseException as e:  # noqa: B036 -- handed to the caller's thread
+                    errors.append(e)
+                    stop.set()
+            return body
+
+        def read():
+            for row in rows_in:
+                if not put(inbox, row, stop):
+                    return
+            put(inbox, DONE, stop)
+
+        def write():
+            while (row := get(outbox, stop)) is not DONE:
+                writer(row)
+
+        threads = [threading.Thread(target=on_device(f), daemon=True, name=f"tiles-{f.__name__}") for f in (read, write)]
+        for th in threads:
+            th.start()
+        try:
+            while (row := get(inbox, stop)) is not DONE:
+                if not put(outbox, self._network(G, row, device, stats), stop):
+                    break
+            else:
+                put(outbox, DONE, stop)
+                threads[1].join()
+        finally:
+            stop.set()
+            for th in threads:
+                th.join()
+        if errors:
+            raise errors[0]
+
+
+class Writer:
+    """The blending and writing of rows (the writer's work): each row's tiles, windowed and weighted by
+    their share of valid pixels, are added into accumulators one tile high and as wide as the column
+    block; the output rows no later tile touches are normalised, brought to the host and written."""
+
+    def __init__(self, engine, sink, ys, blocks, cols, height, write_from, device, stats, bar, report, total):
+        self.engine, self.sink, self.ys, self.blocks, self.cols = engine, sink, ys, blocks, cols
+        self.height, self.write_from, self.device, self.stats = height, write_from, device, stats
+        self.bar, self.report, self.total, self.done = bar, report, total, 0
+        self.win = window(engine.tile, device)[0]
+        self.block, self.acc, self.weight, self.valid_pixels = None, None, None, 0
+        self.pixels, self.start = 0, time.perf_counter()
+
+    def __call__(self, row: Row):
+        t, ys = self.engine.tile, self.ys
+        if row.timing is not None:  # the writer may wait for the GPU; the network thread does not
+            row.timing[1].synchronize()
+            self.stats["network"] += row.timing[0].elapsed_time(row.timing[1]) / 1000
+        start = time.perf_counter()
+        x0, x1 = self.blocks[row.block]
+        cx0 = self.cols[row.block][0]
+        if row.block != self.block:
+            width = self.cols[row.block][-1] + t - cx0
+            self.acc = torch.zeros(3, t, width, device=self.device)
+            self.weight = torch.zeros(1, t, width, device=self.device)
+            self.block = row.block
+        acc, weight, win = self.acc, self.weight, self.win
+        if row.out is not None:
+            for o, (_, x), share in zip(row.out, row.places, row.shares):
+                acc[:, :, x - cx0:x - cx0 + t] += o * (win * share)
+                weight[:, :, x - cx0:x - cx0 + t] += win * share
+        y = ys[row.r]
+        end = ys[row.r + 1] if row.r + 1 < len(ys) else self.height  # rows above `end` get no more tiles
+        if y >= self.write_from:
+            rows, span = slice(0, end - y), slice(x0 - cx0, x1 - cx0)
+            rgb = to_host(acc[:, rows, span] / weight[:, rows, span].clamp_min(1e-12))
+            # a valid pixel always has weight: the tile holding it has a valid share > 0
+            done = row.valid[rows, span]
+            blended = time.perf_counter()
+            self.stats["blend"] += blended - start
+            self.sink.write(y, x0, rgb, done)
+            self.valid_pixels += int(done.sum())
+            self.pixels += (end - y) * (x1 - x0)
+            start = time.perf_counter()
+            self.stats["write"] += start - blended
+        if end < self.height:
+            shift_up(acc, weight, ys[row.r + 1] - y)
+        self.stats["blend"] += time.perf_counter() - start
+        self._progress(len(self.cols[row.block]))
+
+    def _progress(self, tiles: int):
+        self.done += tiles
+        if self.report is not None:
+            self.report(self.done, self.total)
+        if not self.bar.disable:
+            self.bar.update(tiles)
+            self.bar.set_postfix_str(f"{self.pixels / 1e6 / (time.perf_counter() - self.start):.2f} MP/s", refresh=False)
+
+
+def shift_up(acc, weight, rows: int):
+    """Move the accumulators up by `rows` (the rows just written) and clear the bottom."""
+    for a in (acc, weight):
+        a[:, :-rows] = a[:, rows:].clone()
+        a[:, -rows:] = 0
+
+
+def to_host(x: torch.Tensor) -> torch.Tensor:
+    """x on the host; from a CUDA device through pinned memory, waiting only for the work queued
+    before the copy (not for the whole device)."""
+    if x.device.type != "cuda":
+        return x.cpu()
+    host = torch.empty(x.shape, dtype=x.dtype, pin_memory=True)
+    host.copy_(x, non_blocking=True)
+    ready = torch.cuda.Event()
+    ready.record()
+    ready.synchronize()
+    return host
 
 
 class TensorSource:
     """An image (3, H, W) in memory, every pixel valid: float in [-1, 1], or uint8 (a decoded PNG/JPEG,
-    converted window by window so no float copy of the whole image is made)."""
+    converted window by window so no float copy of the whole image is made). The image stays on its
+    device; the validity mask, like every source's, is on the host, where the engine decides from it
+    which tiles run."""
 
     def __init__(self, x: torch.Tensor):
         self.x, self.height, self.width = x, x.shape[-2], x.shape[-1]
 
-    def read(self, y0, y1, x0, x1):
+    def read_raw(self, y0, y1, x0, x1):
         part = self.x[:, y0:y1, x0:x1]
-        part = part.float() / 127.5 - 1 if part.dtype == torch.uint8 else part.float()
         return part, torch.ones(part.shape[1:], dtype=torch.bool)
+
+    @staticmethod
+    def scale(part):
+        return part.float() / 127.5 - 1 if part.dtype == torch.uint8 else part.float()
+
+    def read(self, y0, y1, x0, x1):
+        part, valid = self.read_raw(y0, y1, x0, x1)
+        return self.scale(part), valid
 
 
 class TensorSink:
