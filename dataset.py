@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from config import command_parser
 from download import DownloadError, fetch, sha256sum
-from utils import InputError, first_line, run_command, save_image
+from utils import InputError, first_line, ordinary_mode, run_command, save_image
 
 IMG_EXTS = (".jpg", ".jpeg", ".png")
 MIN_HALF = 16  # px; smaller halves cannot be a real training pair
@@ -267,6 +267,7 @@ def install_archive(archive: Path, root: Path, name: str, layout: dict | None = 
     target = root / name
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.unpack-", dir=root))
     try:
+        ordinary_mode(tmp, folder=True)  # it may become ROOT/<name> itself
         try:
             with tarfile.open(archive, "r:gz") as tar:
                 bad = unsafe_members(tar)  # reads every header: a truncated or corrupt file fails here

@@ -20,7 +20,7 @@ import raster
 import tiles
 from config import WEIGHTS_HELP, add_device, command_parser
 from generator import load_generator
-from utils import InputError, amp_dtype, pick_device, run_command
+from utils import InputError, amp_dtype, made_folder, pick_device, run_command
 
 
 def main(argv=None):
@@ -28,6 +28,7 @@ def main(argv=None):
     p.add_argument("--weights", required=True, help=WEIGHTS_HELP)
     p.add_argument("--input", required=True, help="an image or raster file, or a folder of them")
     p.add_argument("--out", required=True, help="folder for the results (same file stems)")
+    p.rename("--output", "--out")
     p.add_argument("--format", choices=["png", "tif"], help="output format (default: tif, a Cloud-Optimized "
                    "GeoTIFF, for georeferenced rasters; png otherwise)")
     p.add_argument("--pairs", action="store_true", help="inputs are A|B pairs (a dataset split): "
@@ -88,7 +89,6 @@ def main(argv=None):
     out_dir = Path(args.out)
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"--out {out_dir}: is a file, expected a folder")
-    out_dir.mkdir(parents=True, exist_ok=True)
     stems = {}
     for f in files:
         stems.setdefault(f.stem, []).append(f.name)
@@ -97,12 +97,13 @@ def main(argv=None):
         raise InputError(f"--input {args.input}: {' and '.join(clashes[0])} would both be written as "
                          f"{Path(clashes[0][0]).stem}.*; rename one, or translate them into separate --out folders")
     failed = 0
-    for f in tqdm(files, desc="translate", unit="img", disable=len(files) == 1):
-        try:
-            raster.predict_file(G, f, out_dir, opts)
-        except InputError as e:  # dataset.DataError is one too
-            raster.report(f"{e}: skipped")
-            failed += 1
+    with made_folder(out_dir):  # removed again if every input is skipped
+        for f in tqdm(files, desc="translate", unit="img", disable=len(files) == 1):
+            try:
+                raster.predict_file(G, f, out_dir, opts)
+            except InputError as e:  # dataset.DataError is one too
+                raster.report(f"{e}: skipped")
+                failed += 1
     print(f"translated {len(files) - failed} of {len(files)} input(s) into {out_dir}")
     return 1 if failed else 0
 
