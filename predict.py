@@ -104,7 +104,9 @@ def main(argv=None):
             except InputError as e:  # dataset.DataError is one too
                 raster.report(f"{e}: skipped")
                 failed += 1
-    print(f"translated {len(files) - failed} of {len(files)} input(s) into {out_dir}")
+    done = len(files) - failed
+    print(f"translated {done} of {len(files)} input(s) into {out_dir}" if done else
+          f"translated none of {len(files)} input(s); nothing written")
     return 1 if failed else 0
 
 
