@@ -135,7 +135,7 @@ def drop_bad(pairs, problems, skip_bad: bool, where) -> list[Pair]:
     if skip_bad:
         print(f"warning: skipping {len(pairs) - len(good)} bad pair(s) in {where}:\n{report}", file=sys.stderr)
         if not good:
-            raise DataError(f"{where}: every pair is bad; nothing left to train on")
+            raise DataError(f"{where}: every pair is bad; none of its {len(pairs)} pair(s) is usable")
         return good
     raise DataError(f"{len(problems)} bad file(s) in {where}:\n{report}\n"
                     f"Fix or remove them, or pass --skip-bad to use the {len(good)} good pair(s).")
