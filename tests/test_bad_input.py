@@ -52,7 +52,7 @@ def corpus(tmp_path):
     (c / "run" / "last.pt").write_bytes((c / "G.pt").read_bytes())
     (c / "empty_run").mkdir()
     (c / "notes.pt").write_text("101 epochs, lr 2e-4\n")
-    (c / "g.onnx").write_bytes(b"\x08\x0a\x12\x07pytorch\x1a\x062.14.1" + bytes(range(256)))
+    (c / "model.onnx").write_bytes(b"\x08\x0a\x12\x07pytorch\x1a\x062.14.1" + bytes(range(256)))
     (c / "binary.jsonl").write_bytes(bytes(range(256)) * 4)
     (c / "empty.jsonl").write_bytes(b"")
     (c / "prose.jsonl").write_text("loss went down\n")
@@ -113,8 +113,8 @@ CASES = [
      "{c}/empty_run: is a folder without a generator file in it; expected a file (G.pt, G_best.pt, last.pt"),
     ("predict", ["--weights", "{c}/notes.pt", "--input", "{c}/whole.jpg", "--out", "{c}/o"],
      "{c}/notes.pt: not a readable PyTorch generator (it is a text file: '101 epochs, lr 2e-4')"),
-    ("export", ["--weights", "{c}/g.onnx", "--out", "{c}/h.onnx"],
-     "{c}/g.onnx: not a readable PyTorch generator (it is an ONNX model: onnxruntime runs it"),
+    ("export", ["--weights", "{c}/model.onnx", "--out", "{c}/h.onnx"],
+     "{c}/model.onnx: not a readable PyTorch generator (it is an ONNX model: onnxruntime runs it"),
     ("train", ["--data-root", "{c}/data", "--run-dir", "{c}/r", "--resume", "{c}/run"],
      "{c}/run: is a folder; expected a checkpoint file, such as {c}/run/last.pt"),
     ("evaluate", ["--weights", "{c}/G.pt", "--input", "{c}/data/val", "--split", "val", "--out", "{c}/e"],
