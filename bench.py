@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.utils.benchmark as benchmark
 from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -45,6 +44,9 @@ TARGETS = {"cpu": {"train_speedup": 1.5, "infer_speedup": 2.0},
 def measure(fn, warmup: int, min_time: float) -> tuple[float, float]:
     """Median seconds per call of fn() and the interquartile range, over blocks of calls that
     torch.utils.benchmark sizes to take min_time in all (it synchronises CUDA around each block)."""
+    # Imported here: on a machine without CUDA the import logs a CUDA_HOME warning, and --help must
+    # print nothing but help
+    import torch.utils.benchmark as benchmark
     for _ in range(warmup):
         fn()
     # num_threads: Timer runs on one thread unless told, which is not how training runs

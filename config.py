@@ -7,8 +7,10 @@ printed at start and saved as RUN_DIR/config.json.
 """
 import argparse
 import dataclasses
+import difflib
 import json
 import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -147,20 +149,55 @@ class Config:
 ARCH_FIELDS = ("ngf", "ndf", "norm", "dropout")
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a flag's default after its help, unless the help already states one, the flag is
+    required, or there is no default to show."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.required or action.default in (None, argparse.SUPPRESS) or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
 class Parser(argparse.ArgumentParser):
-    """argparse that reports a bad command line in one line instead of a usage dump."""
+    """argparse that reports a bad command line in one line instead of a usage dump, suggests the
+    flag a misspelled one was meant to be, and still takes flags renamed since (with a notice)."""
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self.renamed, self.argv = {}, []
+
+    def rename(self, old: str, new: str):
+        """Accept the old flag name for a while, as `new`, with a one-line notice on stderr."""
+        self.renamed[old] = new
+
+    def parse_known_args(self, args=None, namespace=None):
+        args = list(sys.argv[1:] if args is None else map(str, args))
+        for i, arg in enumerate(args):
+            if arg == "--":
+                break
+            name, eq, value = arg.partition("=")
+            if name in self.renamed:
+                print(f"notice: {name} is now {self.renamed[name]}; please use the new name", file=sys.stderr)
+                args[i] = self.renamed[name] + eq + value
+        self.argv = args
+        return super().parse_known_args(args, namespace)
 
     def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+        known = [s for action in self._actions for s in action.option_strings if s.startswith("--")]
+        unknown = [a.partition("=")[0] for a in self.argv if a.startswith("--") and a.partition("=")[0] not in known]
+        hints = [f"did you mean {near[0]}?" for a in unknown if (near := difflib.get_close_matches(a, known, 1, 0.75))]
+        self.exit(2, f"{self.prog}: error: {message}{'; ' if hints else ''}{' '.join(hints)} (see --help)\n")
 
 
-WEIGHTS_HELP = "last.pt, G.pt, an official pix2pix .pth, or sat2map / map2sat (downloaded once into weights/)"
+WEIGHTS_HELP = ("G.pt, last.pt or G_best.pt of a run, an official pix2pix .pth, or sat2map / map2sat "
+                "(downloaded once into weights/)")
 
 
 def command_parser(description: str) -> Parser:
     """The parser every command starts from: one-line errors, defaults shown in --help, no abbreviations."""
-    return Parser(description=description, allow_abbrev=False,
-                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    return Parser(description=description, allow_abbrev=False, formatter_class=HelpFormatter)
 
 
 def add_device(parser: Parser):

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from config import command_parser
 from download import DownloadError, fetch, sha256sum
-from utils import InputError, first_line, run_command, save_image
+from utils import InputError, first_line, ordinary_mode, run_command, save_image
 
 IMG_EXTS = (".jpg", ".jpeg", ".png")
 MIN_HALF = 16  # px; smaller halves cannot be a real training pair
@@ -135,7 +135,7 @@ def drop_bad(pairs, problems, skip_bad: bool, where) -> list[Pair]:
     if skip_bad:
         print(f"warning: skipping {len(pairs) - len(good)} bad pair(s) in {where}:\n{report}", file=sys.stderr)
         if not good:
-            raise DataError(f"{where}: every pair is bad; nothing left to train on")
+            raise DataError(f"{where}: every pair is bad; none of its {len(pairs)} pair(s) is usable")
         return good
     raise DataError(f"{len(problems)} bad file(s) in {where}:\n{report}\n"
                     f"Fix or remove them, or pass --skip-bad to use the {len(good)} good pair(s).")
@@ -267,6 +267,7 @@ def install_archive(archive: Path, root: Path, name: str, layout: dict | None = 
     target = root / name
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.unpack-", dir=root))
     try:
+        ordinary_mode(tmp, folder=True)  # it may become ROOT/<name> itself
         try:
             with tarfile.open(archive, "r:gz") as tar:
                 bad = unsafe_members(tar)  # reads every header: a truncated or corrupt file fails here

@@ -5,7 +5,8 @@
 One file, resumed with HTTP Range where the server allows it, written to DEST.part and renamed into
 place only when complete. Errors that retrying cannot fix (a host that does not resolve, HTTP 4xx)
 fail at once; transient ones are retried with backoff, each retry announced with its reason, and the
-total wait is bounded.
+total wait is bounded; a server that accepts the connection and then sends nothing is given up on
+after two tries.
 """
 import hashlib
 import http.client
@@ -47,14 +48,17 @@ def fetch(url: str, dest, timeout=20.0, retries=5, backoff=1.0, max_wait=120.0) 
     """Download url to dest with a progress bar. A partial DEST.part is resumed with HTTP Range
     (started over where the server ignores it). Transient failures are retried up to `retries` times,
     sleeping backoff * 2**attempt, and never once more than max_wait seconds of retrying have passed;
-    `timeout` bounds every connect and read, so a server that never answers cannot hang us."""
+    a try that brings the file further starts that budget over. `timeout` bounds every connect and
+    read, and a server that sends nothing within it on two tries in a row is given up on."""
     dest = Path(dest)
     part = dest.with_name(dest.name + ".part")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    first_failure = None
-    for attempt in range(retries + 1):
+    tries, failures, silent, furthest, first_failure = 0, 0, 0, 0, None
+    while True:
+        tries += 1
         have = part.stat().st_size if part.exists() else 0
         request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+        got, timed_out = 0, False
         try:
             with urllib.request.urlopen(request, timeout=timeout) as r:
                 if have and getattr(r, "status", 200) != 206:
@@ -65,6 +69,7 @@ def fetch(url: str, dest, timeout=20.0, retries=5, backoff=1.0, max_wait=120.0) 
                         total=total, initial=have, unit="B", unit_scale=True, desc=dest.name, leave=False) as bar:
                     while chunk := r.read(1 << 20):
                         f.write(chunk)
+                        got += len(chunk)
                         bar.update(len(chunk))
                     f.flush()
                     os.fsync(f.fileno())
@@ -79,13 +84,20 @@ def fetch(url: str, dest, timeout=20.0, retries=5, backoff=1.0, max_wait=120.0) 
             elif permanent(e):
                 raise DownloadError(f"{url}: {describe(e)}") from None
             reason = describe(e)
+            timed_out = isinstance(getattr(e, "reason", e), TimeoutError)
+        if have + got > furthest:  # the file came further: a flaky but working server gets a new budget
+            furthest, failures, first_failure = have + got, 0, None
+        silent = silent + 1 if timed_out and not got else 0
+        if silent == 2:
+            raise DownloadError(f"{url}: the server sent nothing within {timeout:g} s on two tries in a row "
+                                f"({reason}); giving up")
         first_failure = first_failure or time.monotonic()
-        delay = backoff * 2 ** attempt
-        if attempt == retries or time.monotonic() - first_failure + delay > max_wait:
-            break
-        print(f"{url}: {reason}; retry {attempt + 1} of {retries} in {delay:.3g} s", file=sys.stderr)
+        delay = backoff * 2 ** failures
+        if failures == retries or time.monotonic() - first_failure + delay > max_wait:
+            raise DownloadError(f"{url}: download failed after {tries} tries ({reason})")
+        failures += 1
+        print(f"{url}: {reason}; retry {failures} of {retries} in {delay:.3g} s", file=sys.stderr)
         time.sleep(delay)
-    raise DownloadError(f"{url}: download failed after {attempt + 1} tries ({reason})")
 
 
 def sha256sum(path) -> str:

@@ -2,11 +2,13 @@
 
     python evaluate.py --weights weights/maps/G.pt --data-root data/maps --split val --out eval/
     python evaluate.py --weights sat2map --eval --out eval/sat2map
+    python evaluate.py --weights weights/maps/G_best.pt --input my_pairs/ --out eval/mine
     python evaluate.py --weights sat2map --fid --inception-weights pt_inception-2015-12-05-6726825d.pth --out eval/
 
 Writes OUT/grid_input.png, grid_output.png, grid_target.png (3x8), grid_triplets.png (input | output |
-target per row), metrics.json, per_image.csv, and prints a table. Metrics are defined in docs/evaluation.md;
-`evaluate_pairs` computes them, here and in train.py's validation.
+target per row), metrics.json, per_image.csv (pixel metrics and structure IoUs per image), and prints
+a table. Metrics are defined in docs/evaluation.md; `evaluate_pairs` computes them, here and in train.py's
+validation.
 """
 import csv
 import io
@@ -89,18 +91,26 @@ class StructureIoU:
         self.inter = torch.zeros(len(CLASSES), dtype=torch.float64)
         self.union = torch.zeros(len(CLASSES), dtype=torch.float64)
 
-    def update(self, fake, real):
+    def update(self, fake, real) -> dict:
+        """Add one batch to the split's sums; returns the batch's own IoUs (as result() does)."""
         cf, cr = classify(fake).cpu(), classify(real).cpu()
-        for i in range(len(CLASSES)):
-            self.inter[i] += ((cf == i) & (cr == i)).sum()
-            self.union[i] += ((cf == i) | (cr == i)).sum()
+        inter = torch.tensor([((cf == i) & (cr == i)).sum() for i in range(len(CLASSES))], dtype=torch.float64)
+        union = torch.tensor([((cf == i) | (cr == i)).sum() for i in range(len(CLASSES))], dtype=torch.float64)
+        self.inter += inter
+        self.union += union
+        return ious(inter, union)
 
     def result(self) -> dict:
-        iou = {f"iou_{n}": (self.inter[i] / self.union[i]).item() if self.union[i] else None
-               for i, n in enumerate(CLASSES)}
-        structure = [iou[f"iou_{n}"] for n in CLASSES[1:] if iou[f"iou_{n}"] is not None]
-        iou["miou_structure"] = sum(structure) / len(structure) if structure else None
-        return iou
+        return ious(self.inter, self.union)
+
+
+def ious(inter, union) -> dict:
+    """iou_<class> per class and their mean over the structure classes (not background); None for a
+    class absent from both output and target."""
+    iou = {f"iou_{n}": (inter[i] / union[i]).item() if union[i] else None for i, n in enumerate(CLASSES)}
+    structure = [iou[f"iou_{n}"] for n in CLASSES[1:] if iou[f"iou_{n}"] is not None]
+    iou["miou_structure"] = sum(structure) / len(structure) if structure else None
+    return iou
 
 
 def evaluate_pairs(G, pairs, direction="AtoB", device="cpu", paper=True, seed=0, keep=(), inception=None,
@@ -111,7 +121,8 @@ def evaluate_pairs(G, pairs, direction="AtoB", device="cpu", paper=True, seed=0,
     G's running statistics and the caller's RNG streams are left as they were). inception (from
     fid.load_inception) adds fid, kid and kid_std; use_tta averages each output over the 8 flips and
     rotations of its input (generator.tta). Returns (metrics, rows, kept): split-level metrics
-    (pixel metrics averaged over images, IoUs over the split), one row per image, and
+    (pixel metrics averaged over images, IoUs over the split), one row per image (its pixel
+    metrics and its own IoUs), and
     {index: (real_A, fake_B, real_B)} on the CPU for the indices in keep. Undecodable pairs are skipped."""
     device = torch.device(device)
     rows, kept, iou, feats = [], {}, StructureIoU(), ([], [])
@@ -125,8 +136,7 @@ def evaluate_pairs(G, pairs, direction="AtoB", device="cpu", paper=True, seed=0,
         with inference(G, paper=paper, seed=seed + i):
             fake_B = tta(G, real_A, separate=paper) if use_tta else G(real_A).float()
         m = pixel_metrics(fake_B, real_B)
-        rows.append({"name": pair.name, **{k: v.item() for k, v in m.items()}})
-        iou.update(fake_B, real_B)
+        rows.append({"name": pair.name, **{k: v.item() for k, v in m.items()}, **iou.update(fake_B, real_B)})
         if inception is not None:
             feats[0].append(fid.features(inception, fake_B))
             feats[1].append(fid.features(inception, real_B))
@@ -134,8 +144,8 @@ def evaluate_pairs(G, pairs, direction="AtoB", device="cpu", paper=True, seed=0,
             kept[i] = (real_A.cpu(), fake_B.cpu(), real_B.cpu())
     if not rows:
         raise InputError(f"{len(pairs)} pair(s), none could be evaluated")
-    metrics = {k: sum(r[k] for r in rows) / len(rows) for k in rows[0] if k != "name"}
-    metrics.update(iou.result())
+    metrics = {k: sum(r[k] for r in rows) / len(rows) for k in m}
+    metrics.update(iou.result())  # over the split, not a mean of the images' IoUs
     if inception is not None:
         metrics.update(fid.scores(np.concatenate(feats[0]), np.concatenate(feats[1])))
     return metrics, rows, kept
@@ -144,12 +154,15 @@ def evaluate_pairs(G, pairs, direction="AtoB", device="cpu", paper=True, seed=0,
 def main(argv=None):
     p = command_parser("Evaluate a pix2pix generator on a split: grids, pixel metrics, structure IoU.")
     p.add_argument("--weights", required=True, help=WEIGHTS_HELP)
-    p.add_argument("--data-root", default="data/maps", help="dataset folder")
-    p.add_argument("--split", default="val", help="split folder to evaluate")
+    p.add_argument("--input", help="a folder of A|B pair images (or A/ and B/) to evaluate, instead of "
+                   "--data-root and --split")
+    p.add_argument("--data-root", help="dataset folder (default: data/maps)")
+    p.add_argument("--split", help="split folder to evaluate (default: val)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--samples", type=int, default=24, help="images in the grids (3 rows of 8 for 24)")
-    p.add_argument("--seed", type=int, default=None, help="pick grid samples at random with this seed "
-                   "(default: the first by sorted name); also seeds the paper mode's dropout")
+    p.add_argument("--random-samples", action="store_true", help="pick the grid images at random with --seed "
+                   "(default: the first by sorted name)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the paper mode's dropout (and of --random-samples)")
     p.add_argument("--eval", action="store_true", help="running BatchNorm statistics, no dropout")
     p.add_argument("--tta", action="store_true", help="average the output over the 8 flips/rotations of each input")
     p.add_argument("--direction", choices=["AtoB", "BtoA"], help="override the weights' direction")
@@ -160,6 +173,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.samples < 1:
         p.error(f"--samples {args.samples}: expected at least 1")
+    root, split = data_folder(args, p)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out}: is a file, expected a folder")
@@ -167,17 +181,17 @@ def main(argv=None):
     inception = fid.load_inception(args.inception_weights, device) if args.fid else None
     G, config = load_generator(args.weights, device)
     direction = args.direction or config["direction"]
-    pairs = dataset.open_split(args.data_root, args.split, skip_bad=True)
-    if args.seed is None:
-        chosen = set(range(min(args.samples, len(pairs))))
-    else:
+    pairs = dataset.open_split(root, split, skip_bad=True)
+    if args.random_samples:
         chosen = set(torch.randperm(len(pairs), generator=torch.Generator().manual_seed(args.seed))[:args.samples].tolist())
+    else:
+        chosen = set(range(min(args.samples, len(pairs))))
     out.mkdir(parents=True, exist_ok=True)
     try:
-        metrics, rows, kept = evaluate_pairs(G, pairs, direction, device, paper=not args.eval, seed=args.seed or 0,
-                                             keep=chosen, inception=inception, use_tta=args.tta, desc=f"evaluate {args.split}")
+        metrics, rows, kept = evaluate_pairs(G, pairs, direction, device, paper=not args.eval, seed=args.seed,
+                                             keep=chosen, inception=inception, use_tta=args.tta, desc=f"evaluate {split}")
     except InputError as e:
-        raise InputError(f"{args.data_root}/{args.split}: {e}") from None
+        raise InputError(f"{Path(root) / split}: {e}") from None
     grid = {key: [kept[i][k] for i in sorted(kept)] for k, key in enumerate(("input", "output", "target"))}
     if kept:  # every pair chosen for the grids may have been undecodable
         for key, images in grid.items():
@@ -186,7 +200,7 @@ def main(argv=None):
         save_grid([triplets], out / "grid_triplets.png", nrow=3)
     else:
         print("warning: none of the pairs chosen for the grids could be decoded; no grids written", file=sys.stderr)
-    metrics.update({"images": len(rows), "split": args.split, "weights": args.weights,
+    metrics.update({"images": len(rows), "split": split, "weights": args.weights,
                     "mode": "eval" if args.eval else "paper"})
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     table = io.StringIO(newline="")
@@ -199,6 +213,20 @@ def main(argv=None):
         if isinstance(v, float) or v is None:
             print(f"{k:<16}{'n/a' if v is None or math.isnan(v) else f'{v:.4f}':>10}")
     print(f"wrote grids, metrics.json and per_image.csv to {out}")
+
+
+def data_folder(args, p) -> tuple[str, str]:
+    """(root, split) of the pairs to evaluate: --input FOLDER, or --data-root and --split."""
+    if args.input is None:
+        return args.data_root or "data/maps", args.split or "val"
+    if args.data_root is not None or args.split is not None:
+        p.error("--input names the folder to evaluate: give it, or --data-root and --split, not both")
+    folder = Path(args.input)
+    if not folder.is_dir():
+        raise InputError(f"--input {folder}: no such folder (expected a folder of A|B pair images, or A/ and B/)")
+    if folder.name in ("", ".", ".."):
+        folder = folder.resolve()
+    return str(folder.parent), folder.name
 
 
 if __name__ == "__main__":

@@ -2,8 +2,10 @@
 
     python export.py --weights weights/maps/G.pt --out sat2map.onnx
 
-Batch, height and width are dynamic; height and width must be multiples of 256. The exported model
-is run with onnxruntime on a random input and compared with PyTorch before the command succeeds.
+Batch, height and width are dynamic; height and width must be multiples of 256. PyTorch's exporter
+(torch.export, then onnxscript) traces the generator on --device. The exported model is run with
+onnxruntime on a random input (--seed) and compared with PyTorch float32 on the CPU before the
+command succeeds.
 """
 import os
 import sys
@@ -12,17 +14,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from config import WEIGHTS_HELP, command_parser
+from config import WEIGHTS_HELP, add_device, command_parser
 from generator import load_generator
-from utils import InputError, run_command
+from utils import InputError, pick_device, run_command
 
 MISSING = ("onnx and onnxruntime are needed for the export: pip install -r requirements.txt "
            "(or pip install onnx onnxruntime onnxscript)")
 
 
-def export(G, path, opset=18):
+def export(G, path, opset=18, device="cpu"):
     """Write G (in eval mode) to path with dynamic batch, height and width, via a temp file renamed
-    into place: a failed export leaves no half-written model."""
+    into place: a failed export leaves no half-written model. PyTorch's exporter (torch.export, then
+    onnxscript) traces G on `device`."""
     try:
         import onnx  # noqa: F401  (torch.onnx.export needs it)
     except ImportError:
@@ -30,26 +33,26 @@ def export(G, path, opset=18):
     G = G.eval()
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    x = torch.zeros(1, 3, 256, 256)
+    x = torch.zeros(1, 3, 256, 256, device=device)
     try:
         torch.onnx.export(G, (x,), str(tmp), input_names=["satellite"], output_names=["map"],
-                          opset_version=opset, dynamic_axes={"satellite": {0: "batch", 2: "height", 3: "width"},
-                                                             "map": {0: "batch", 2: "height", 3: "width"}},
-                          dynamo=False)
+                          opset_version=opset, dynamic_shapes=({0: "batch", 2: "height", 3: "width"},),
+                          dynamo=True, verbose=False)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 
 
 def max_difference(G, path, shape=(2, 3, 256, 512), seed=0) -> float:
-    """Largest |onnxruntime - PyTorch| over one random input of the given shape."""
+    """Largest |onnxruntime - PyTorch| over one random input of the given shape, both on the CPU in
+    float32."""
     try:
         import onnxruntime as ort
     except ImportError:
         raise InputError(MISSING) from None
     x = torch.rand(shape, generator=torch.Generator().manual_seed(seed)) * 2 - 1
     with torch.no_grad():
-        ref = G.eval()(x).numpy()
+        ref = G.cpu().eval()(x).numpy()
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = sess.run(None, {"satellite": x.numpy()})[0]
     return float(np.abs(got - ref).max())
@@ -59,18 +62,22 @@ def main(argv=None):
     p = command_parser("Export a pix2pix generator to ONNX (eval mode) and check it with onnxruntime.")
     p.add_argument("--weights", required=True, help=WEIGHTS_HELP)
     p.add_argument("--out", required=True, help="output .onnx file")
-    p.add_argument("--opset", type=int, default=18, help="ONNX opset version (14 to 20)")
+    p.rename("--onnx", "--out")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset version (18 to 20)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random input the check runs on")
+    add_device(p)
     args = p.parse_args(argv)
-    if not 14 <= args.opset <= 20:
-        p.error(f"--opset {args.opset}: expected 14 to 20")
+    if not 18 <= args.opset <= 20:  # what the exporter writes without a lossy version conversion
+        p.error(f"--opset {args.opset}: expected 18 to 20")
     out = Path(args.out)
     if out.is_dir():
         raise InputError(f"--out {out}: is a folder, expected an .onnx file name")
     if not out.parent.is_dir():
         raise InputError(f"--out {out}: folder {out.parent} does not exist")
-    G, _ = load_generator(args.weights)
-    export(G, out, args.opset)
-    diff = max_difference(G, out)
+    device = pick_device(args.device)
+    G, _ = load_generator(args.weights, device)
+    export(G, out, args.opset, device)
+    diff = max_difference(G, out, seed=args.seed)
     if diff > 1e-4:
         raise InputError(f"{out}: onnxruntime differs from PyTorch by {diff:.2e} (limit 1e-4)")
     print(f"wrote {out}; onnxruntime matches PyTorch within {diff:.1e} on a 2x3x256x512 input")

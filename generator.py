@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 from download import DownloadError, fetch
-from utils import InputError, safe_load
+from utils import InputError, made_folder, safe_load
 
 NUM_DOWNS = 8  # 256 -> 1 pixel at the bottleneck
 
@@ -251,21 +251,21 @@ def fetch_pretrained(name: str, folder="weights") -> Path:
         return path
     base = os.environ.get(URL_VARIABLE) or PRETRAINED_URL
     url = base.rstrip("/") + f"/{name}.pth"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{name}.", suffix=".pth")
-    os.close(fd)
-    tmp = Path(tmp)
-    try:
-        fetch(url, tmp)
-        build_generator(safe_load(tmp, "generator"), url)
-        os.replace(tmp, path)
-    except DownloadError as e:
-        raise InputError(f"{e}; set {URL_VARIABLE} to a mirror, or place the file at {path} by hand") from None
-    except InputError as e:
-        raise InputError(f"{url}: the download is not a pix2pix generator ({e}); nothing was kept") from None
-    finally:
-        tmp.unlink(missing_ok=True)
-        tmp.with_name(tmp.name + ".part").unlink(missing_ok=True)
+    with made_folder(path.parent):  # a failed download leaves no empty weights/ behind
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{name}.", suffix=".pth")
+        os.close(fd)
+        tmp = Path(tmp)
+        try:
+            fetch(url, tmp)
+            build_generator(safe_load(tmp, "generator"), url)
+            os.replace(tmp, path)
+        except DownloadError as e:
+            raise InputError(f"{e}; set {URL_VARIABLE} to a mirror, or place the file at {path} by hand") from None
+        except InputError as e:
+            raise InputError(f"{url}: the download is not a pix2pix generator ({e}); nothing was kept") from None
+        finally:
+            tmp.unlink(missing_ok=True)
+            tmp.with_name(tmp.name + ".part").unlink(missing_ok=True)
     return path
 
 

@@ -6,6 +6,7 @@ train.py redraws RUN_DIR/curves.png as it logs rows (see `Curves`).
 """
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -32,13 +33,16 @@ SMOOTH = 0.6  # EMA weight of the past for the training losses (each row is alre
 
 
 def read_rows(path) -> list[dict]:
-    """The rows of a metrics.jsonl; a torn last line (a crash mid-write) is ignored."""
+    """The rows of a metrics.jsonl (JSON objects with a step); a torn last line (a crash mid-write)
+    and anything else that is not such a row is ignored."""
     rows = []
-    for line in Path(path).read_text().splitlines():
+    for line in Path(path).read_bytes().splitlines():
         try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
+            row = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError):
             continue
+        if isinstance(row, dict) and isinstance(row.get("step"), (int, float)):
+            rows.append(row)
     return rows
 
 
@@ -51,8 +55,9 @@ def ema(values, weight=SMOOTH):
     return out
 
 
-def plot_curves(rows: list[dict], path):
-    """Draw the panels that have data into a PNG at path, written through a temp file."""
+def plot_curves(rows: list[dict], path) -> bool:
+    """Draw the panels that have data into a PNG at path, written through a temp file. Returns
+    False, writing nothing, when no panel has data."""
     series = {}
     for r in rows:
         for k, v in r.items():
@@ -63,7 +68,7 @@ def plot_curves(rows: list[dict], path):
     panels = [(title, [k for k in keys if k in series]) for title, keys in PANELS]
     panels = [(title, keys) for title, keys in panels if keys]
     if not panels:
-        return
+        return False
     cols = min(3, len(panels))
     rows_n = (len(panels) + cols - 1) // cols
     fig, axes = plt.subplots(rows_n, cols, figsize=(4.2 * cols, 3.2 * rows_n), squeeze=False)
@@ -90,9 +95,12 @@ def plot_curves(rows: list[dict], path):
     try:
         fig.savefig(tmp, dpi=90)
         os.replace(tmp, path)
+    except OSError as e:  # name the file asked for, not our temp file
+        raise OSError(e.errno, e.strerror, str(path)) from None
     finally:
         plt.close(fig)
         tmp.unlink(missing_ok=True)
+    return True
 
 
 class Curves:
@@ -122,10 +130,24 @@ def main(argv=None):
     p.add_argument("metrics", help="RUN_DIR/metrics.jsonl")
     p.add_argument("out", help="PNG to write")
     args = p.parse_args(argv)
-    if not Path(args.metrics).is_file():
-        raise InputError(f"{args.metrics}: no such metrics file")
-    plot_curves(read_rows(args.metrics), args.out)
+    metrics, out = Path(args.metrics), Path(args.out)
+    if metrics.is_dir():
+        raise InputError(f"{metrics}: is a folder; expected its metrics.jsonl")
+    if not metrics.is_file():
+        raise InputError(f"{metrics}: no such metrics file")
+    if out.is_dir():
+        raise InputError(f"{out}: is a folder; expected a PNG file name")
+    if not out.parent.is_dir():
+        raise InputError(f"{out}: folder {out.parent} does not exist")
+    rows = read_rows(metrics)
+    if not rows:
+        kind = "a binary file" if b"\0" in metrics.read_bytes()[:4096] else "no rows to plot"
+        raise InputError(f"{metrics}: {kind} (expected one JSON object with a step per line, as train.py "
+                         f"writes to RUN_DIR/metrics.jsonl)")
+    if not plot_curves(rows, out):
+        raise InputError(f"{metrics}: {len(rows)} row(s), but none holds a loss or validation metric to plot")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":
-    run_command(main)
+    sys.exit(run_command(main))

@@ -26,7 +26,7 @@ import raster
 import tiles
 from config import WEIGHTS_HELP, add_device, command_parser
 from generator import load_generator
-from utils import InputError, amp_dtype, gather_objects, init_distributed, pick_device, run_command
+from utils import InputError, amp_dtype, gather_objects, init_distributed, made_folder, pick_device, run_command
 
 SHOW_PIXELS = 1 << 21  # the progress bar appears from this many input pixels on (32 tiles of 256 px)
 
@@ -42,6 +42,7 @@ def parse(argv=None) -> tuple:
     p.add_argument("--weights", required=True, help=WEIGHTS_HELP)
     p.add_argument("--input", required=True, help="an image or raster file, or a folder of them")
     p.add_argument("--out", required=True, help="folder for the results (same file stems)")
+    p.rename("--output", "--out")
     p.add_argument("--format", choices=["png", "tif"], help="output format (default: tif, a Cloud-Optimized "
                    "GeoTIFF, for georeferenced rasters; png otherwise)")
     p.add_argument("--pairs", action="store_true", help="inputs are A|B pairs (a dataset split): "
@@ -121,13 +122,15 @@ def run(args, opts: raster.Options, files: list[Path]) -> int:
     rank, world = init_distributed()
     try:
         G = load(args, opts)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        failed = translate_files(G, files, out_dir, opts, rank, world)
+        with made_folder(out_dir):  # removed again if every input is skipped
+            failed = translate_files(G, files, out_dir, opts, rank, world)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+    done = len(files) - failed
     if rank == 0:
-        print(f"translated {len(files) - failed} of {len(files)} input(s) into {out_dir}")
+        print(f"translated {done} of {len(files)} input(s) into {out_dir}" if done else
+              f"translated none of {len(files)} input(s); nothing written")
     return 1 if failed else 0
 
 

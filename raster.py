@@ -52,11 +52,29 @@ def open_raster(path: Path):
     try:
         ds = rasterio.open(path)
     except (RasterioError, OSError) as e:
-        raise InputError(f"{path}: not a raster GDAL can read ({first_line(e)})") from None
+        raise InputError(f"{path}: not a raster GDAL can read ({gdal_reason(e)})") from None
     if ds.count == 0 or ds.width == 0 or ds.height == 0:
         ds.close()
         raise InputError(f"{path}: has no bands or no pixels")
     return ds
+
+
+def gdal_reason(error: BaseException) -> str:
+    """What GDAL said went wrong: rasterio often raises "Read failed. See previous exception for
+    details.", and the exceptions it chains hold the cause (a missing source file, a short read)."""
+    chain = []
+    while error is not None and len(chain) < 10:
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    said = [first_line(e, 200) for e in chain if "previous exception" not in str(e)]
+    return said[-1] if said else first_line(chain[0], 200)
+
+
+def read_failure(path, error: BaseException) -> InputError:
+    """The one-line error for pixels GDAL could not read from path (or a file it refers to)."""
+    reason = gdal_reason(error)
+    missing = "No such file" in reason or "does not exist" in reason
+    return InputError(f"{path}: cannot read its pixels: {reason}" + ("" if missing else " (is the file complete?)"))
 
 
 def parse_list(text: str, flag: str, kind=float, count: int | None = None) -> list:
@@ -375,10 +393,16 @@ def predict_file(G, path: Path, out_dir: Path, opts: Options, progress=True, par
     which `assemble` later joins with the others into the output. stats: see tiles.Engine.run."""
     if is_picture(path):
         return predict_picture(G, path, out_dir, opts, progress, stats)
+    from rasterio.errors import RasterioIOError
     with rasterio_env():
         ds = open_raster(path)
         with ds:
-            return predict_raster(G, ds, path, out_dir, opts, progress, part, stats)
+            try:
+                return predict_raster(G, ds, path, out_dir, opts, progress, part, stats)
+            except RasterioIOError as e:  # GDAL reads lazily: a short file or a lost VRT source shows here
+                if "Read failed" not in str(e):
+                    raise
+                raise read_failure(path, e) from None
 
 
 def predict_picture(G, path: Path, out_dir: Path, opts: Options, progress=False, stats=None) -> Path:

@@ -73,7 +73,13 @@ def load_data(cfg: Config, rank: int, device):
         dist.barrier()  # the others wait for their node's download
     full_scan = cfg.data_cache == "off"  # the cache build decodes everything anyway
     pairs = dataset.open_split(root, "train", cfg.skip_bad, full=full_scan)
-    val_pairs = dataset.open_split(root, "val" if (root / "val").is_dir() else "train", True, full=False)
+    try:
+        val_pairs = dataset.open_split(root, "val" if (root / "val").is_dir() else "train", True, full=False)
+    except dataset.DataError as e:
+        if cfg.validate:
+            raise dataset.DataError(f"{e}; validation needs it: fix it, or pass --no-validate (sample grids "
+                                    f"then show training pairs)") from None
+        val_pairs = pairs
     where, why = cache.choose(cfg.data_cache, len(pairs), cfg.load_size, device)
     if rank == 0:
         print(f"data cache: {where} ({why})")

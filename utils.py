@@ -8,6 +8,7 @@ import os
 import random
 import sys
 import tempfile
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
@@ -180,6 +181,19 @@ def amp_dtype(amp: str, device: torch.device):
 # Files
 
 
+def umask() -> int:
+    """The process's umask (reading it means setting it; the strictest mask stands in meanwhile)."""
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
+def ordinary_mode(path, folder=False):
+    """Give a file made by tempfile (0600, folders 0700) the mode an ordinary open() or mkdir() would
+    have given it, so that teammates the umask admits can read what we write."""
+    os.chmod(path, (0o777 if folder else 0o666) & ~umask())
+
+
 def atomic_write(path, write, mode="wb"):
     """write(f) into a temp file in path's folder, fsync, then os.replace: a crash at any instant
     leaves either the old file or the new one, never a torn one."""
@@ -187,6 +201,7 @@ def atomic_write(path, write, mode="wb"):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        ordinary_mode(tmp)
         with os.fdopen(fd, mode) as f:
             write(f)
             f.flush()
@@ -202,6 +217,26 @@ def atomic_write(path, write, mode="wb"):
         os.close(dir_fd)
 
 
+@contextmanager
+def made_folder(folder):
+    """Create folder (and its missing parents) for the block; on leaving it, remove those it created
+    that stayed empty, so a run that wrote nothing leaves nothing behind."""
+    folder, created = Path(folder), []
+    missing = folder
+    while not missing.exists() and missing != missing.parent:
+        created.append(missing)
+        missing = missing.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        yield folder
+    finally:
+        for made in created:  # innermost first; a folder holding anything stays, and so do its parents
+            try:
+                made.rmdir()
+            except OSError:
+                break
+
+
 def atomic_save(obj, path):
     """torch.save, atomically (see atomic_write)."""
     atomic_write(path, lambda f: torch.save(obj, f))
@@ -212,10 +247,15 @@ def atomic_write_text(path, text: str):
     atomic_write(path, lambda f: f.write(text), "w")
 
 
+RUN_FILES = {"generator": ("G.pt", "G_best.pt", "last.pt"), "checkpoint": ("last.pt",)}  # what a run folder holds
+
+
 def safe_load(path, what="checkpoint"):
     """torch.load with weights_only=True (files from the internet must not run code), with a clear
-    error for a missing, truncated or foreign file."""
+    error for a missing, truncated or foreign file, or a run folder given for one of its files."""
     path = Path(path)
+    if path.is_dir():
+        raise InputError(folder_given(path, what))
     if not path.is_file():
         raise InputError(f"{path}: no such {what} file")
     if path.stat().st_size == 0:
@@ -223,10 +263,37 @@ def safe_load(path, what="checkpoint"):
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise InputError(f"{path}: not a readable PyTorch {what} ({type(e).__name__}: {first_line(e, 200)})") from None
+        raise InputError(f"{path}: not a readable PyTorch {what} ({unreadable_because(path, e)})") from None
     if not isinstance(obj, dict):
         raise InputError(f"{path}: expected a dict of tensors, found {type(obj).__name__}")
     return obj
+
+
+def folder_given(path: Path, what: str) -> str:
+    """The error for a folder where a file was expected: which of a run's files to give instead."""
+    names = RUN_FILES.get(what, ())
+    present = [str(path / n) for n in names if (path / n).is_file()]
+    if present:
+        return f"{path}: is a folder; expected a {what} file, such as {' or '.join(present)}"
+    if names:
+        return f"{path}: is a folder without a {what} file in it; expected a file ({', '.join(names)} of a run)"
+    return f"{path}: is a folder; expected the {what} file"
+
+
+def unreadable_because(path: Path, error: Exception) -> str:
+    """Why torch.load failed on path, in words: what the file is instead, or torch's own first line
+    (never its advice to load with weights_only=False, which would let the file run code)."""
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if path.suffix.lower() == ".onnx" or (head[:1] == b"\x08" and head[2:3] in (b"\x12", b"\x1a", b"\x3a")):
+        return "it is an ONNX model: onnxruntime runs it; PyTorch needs the weights it was exported from"
+    if all(b >= 32 or b in (9, 10, 13) for b in head):
+        text = (head.decode("utf-8", "replace").strip().splitlines() or [""])[0][:60]
+        return f"it is a text file: {text!r}"
+    if "weights_only" in str(error) or "Weights only" in str(error):
+        return ("it holds Python objects besides tensors and plain data, which are never loaded since "
+                "they can run code; save a state_dict instead")
+    return f"{type(error).__name__}: {first_line(error, 200)}"
 
 
 # ----------------------------------------------------------------------------------------------------

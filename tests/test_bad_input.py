@@ -11,6 +11,7 @@ from PIL import Image
 import dataset
 import evaluate
 import export
+import plots
 import predict
 import train as train_mod
 from config import parse_config
@@ -24,6 +25,7 @@ MAINS = {
     "evaluate": evaluate.main,
     "export": export.main,
     "dataset": dataset.main,
+    "plots": plots.main,
 }
 
 
@@ -45,6 +47,16 @@ def corpus(tmp_path):
     make_dataset(c / "data", n_train=2, n_val=2)
     make_ab(c / "dup" / "scene.png", w=64, h=64)
     make_ab(c / "dup" / "scene.jpg", w=64, h=64)
+    (c / "run").mkdir()
+    (c / "run" / "G.pt").write_bytes((c / "G.pt").read_bytes())
+    (c / "run" / "last.pt").write_bytes((c / "G.pt").read_bytes())
+    (c / "empty_run").mkdir()
+    (c / "notes.pt").write_text("101 epochs, lr 2e-4\n")
+    (c / "model.onnx").write_bytes(b"\x08\x0a\x12\x07pytorch\x1a\x062.14.1" + bytes(range(256)))
+    (c / "binary.jsonl").write_bytes(bytes(range(256)) * 4)
+    (c / "empty.jsonl").write_bytes(b"")
+    (c / "prose.jsonl").write_text("loss went down\n")
+    (c / "metrics.jsonl").write_text('{"step": 1, "loss_D": 0.7}\n')
     return c
 
 
@@ -95,6 +107,30 @@ CASES = [
     ("dataset", ["check", "{c}/nowhere"], "{c}/nowhere: no split folders"),
     ("dataset", ["combine", "{c}/A", "{c}/B", "{c}/a_file"], "{c}/a_file"),
     ("dataset", ["download", "imagenet"], "invalid choice: 'imagenet'"),
+    ("predict", ["--weights", "{c}/run", "--input", "{c}/whole.jpg", "--out", "{c}/o"],
+     "{c}/run: is a folder; expected a generator file, such as {c}/run/G.pt or {c}/run/last.pt"),
+    ("predict", ["--weights", "{c}/empty_run", "--input", "{c}/whole.jpg", "--out", "{c}/o"],
+     "{c}/empty_run: is a folder without a generator file in it; expected a file (G.pt, G_best.pt, last.pt"),
+    ("predict", ["--weights", "{c}/notes.pt", "--input", "{c}/whole.jpg", "--out", "{c}/o"],
+     "{c}/notes.pt: not a readable PyTorch generator (it is a text file: '101 epochs, lr 2e-4')"),
+    ("export", ["--weights", "{c}/model.onnx", "--out", "{c}/h.onnx"],
+     "{c}/model.onnx: not a readable PyTorch generator (it is an ONNX model: onnxruntime runs it"),
+    ("train", ["--data-root", "{c}/data", "--run-dir", "{c}/r", "--resume", "{c}/run"],
+     "{c}/run: is a folder; expected a checkpoint file, such as {c}/run/last.pt"),
+    ("evaluate", ["--weights", "{c}/G.pt", "--input", "{c}/data/val", "--split", "val", "--out", "{c}/e"],
+     "--input names the folder to evaluate: give it, or --data-root and --split, not both"),
+    ("evaluate", ["--weights", "{c}/G.pt", "--input", "{c}/whole.jpg", "--out", "{c}/e"],
+     "--input {c}/whole.jpg: no such folder (expected a folder of A|B pair images"),
+    ("predict", ["--weigths", "{c}/G.pt", "--input", "{c}/whole.jpg", "--out", "{c}/o"],
+     "required: --weights; did you mean --weights?"),
+    ("evaluate", ["--weights", "{c}/G.pt", "--data-rot", "{c}/data", "--out", "{c}/e"],
+     "unrecognized arguments: --data-rot {c}/data; did you mean --data-root?"),
+    ("plots", ["{c}/binary.jsonl", "{c}/c.png"], "{c}/binary.jsonl: a binary file (expected one JSON object"),
+    ("plots", ["{c}/empty.jsonl", "{c}/c.png"], "{c}/empty.jsonl: no rows to plot"),
+    ("plots", ["{c}/prose.jsonl", "{c}/c.png"], "{c}/prose.jsonl: no rows to plot"),
+    ("plots", ["{c}/metrics.jsonl", "{c}/nowhere/c.png"], "{c}/nowhere/c.png: folder {c}/nowhere does not exist"),
+    ("plots", ["{c}/metrics.jsonl", "{c}/A"], "{c}/A: is a folder; expected a PNG file name"),
+    ("plots", ["{c}/run", "{c}/c.png"], "{c}/run: is a folder; expected its metrics.jsonl"),
 ]
 
 

@@ -42,7 +42,7 @@ def test_a_download_that_is_not_weights_is_never_kept(tmp_path, monkeypatch, bod
         monkeypatch.setenv(generator.URL_VARIABLE, server.url.rsplit("/", 1)[0])
         with pytest.raises(InputError, match="not a pix2pix generator"):
             load_generator("map2sat")
-    assert not list((tmp_path / "weights").iterdir())  # nothing poisons the next run
+    assert not (tmp_path / "weights").exists()  # nothing poisons the next run, not even an empty folder
     with Server(weights_bytes()) as server:
         monkeypatch.setenv(generator.URL_VARIABLE, server.url.rsplit("/", 1)[0])
         assert load_generator("map2sat")[1]["direction"] == "BtoA"
@@ -88,6 +88,22 @@ def test_silent_server_times_out_and_retries_are_announced_and_bounded(tmp_path,
     err = capsys.readouterr().err
     assert "timed out; retry 1 of 10" in err
     assert "retry 10 of 10" not in err  # the wait bound stopped it early
+
+
+def test_a_server_that_never_answers_is_given_up_after_two_tries(tmp_path, capsys):
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    held = []
+    threading.Thread(target=lambda: [held.append(listener.accept()) for _ in range(8)], daemon=True).start()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/maps.tar.gz"
+    start = time.monotonic()
+    with pytest.raises(download.DownloadError, match="sent nothing within 0.5 s on two tries in a row"):
+        download.fetch(url, tmp_path / "x", timeout=0.5)  # the default retries and backoff: 1 s, then 2 s, ...
+    elapsed = time.monotonic() - start
+    listener.close()
+    assert len(held) == 2 and elapsed < 4
+    assert "retry 1 of 5" in capsys.readouterr().err
 
 
 def test_transient_errors_are_retried_then_succeed(tmp_path):
