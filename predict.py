@@ -50,8 +50,9 @@ def main(argv=None):
                    "trained on 600 px tiles shown at 256 px: 256/600 = 0.43 matches that zoom); rasters are "
                    "written back on their own grid, PNG/JPEG at the new size")
     p.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"], help="precision of the "
-                   "generator's weights and activations; auto: bf16 where the device runs it fast (outputs then "
-                   "differ from float32 by a level or two of 255), else float32")
+                   "generator's weights and activations; auto: bf16 where the device runs it fast (CPUs with "
+                   "native bf16, GPUs of compute capability 8 on), fp16 on older GPUs, else float32 (outputs "
+                   "then differ from float32 by a level or two of 255)")
     p.add_argument("--tile", type=int, default=256, help="tile size in px, a multiple of 256")
     p.add_argument("--overlap", type=int, default=64, help="px shared by neighbouring tiles")
     p.add_argument("--batch", type=int, default=8, help="tiles per forward pass with --eval")

@@ -42,6 +42,8 @@ CKPT_VERSION = 1
 CKPT_KEYS = ("version", "step", "epoch", "config", "rng", "data")
 # Added to `state` later: a checkpoint without them still resumes, with their fresh state
 NEWER_KEYS = ("best",)
+# Under torch.distributed the processes agree on a stop signal every this many steps (and at log points)
+STOP_EVERY = 10
 
 # ----------------------------------------------------------------------------------------------------
 # Helpers
@@ -156,13 +158,14 @@ def tensorboard_writer(cfg: Config):
     return SummaryWriter
 
 
-def epoch_batches(train, rows: torch.Tensor, cfg: Config):
-    """uint8 batches for this process's plan rows (steps, B, 4), decoded in workers on the PIL path."""
+def epoch_batches(train, rows: torch.Tensor, cfg: Config, device):
+    """uint8 batches on device for this process's plan rows (steps, B, 4), decoded in workers on the PIL
+    path; each copied to the GPU from pinned memory while the step before it runs (cache.prefetch)."""
     if isinstance(train, cache.CachedPairs):
-        return (train.batch(r, cfg.crop_size) for r in rows)
-    return iter(torch.utils.data.DataLoader(
+        return cache.prefetch((train.batch(r, cfg.crop_size) for r in rows), device)
+    return cache.prefetch(iter(torch.utils.data.DataLoader(
         train, batch_sampler=[[tuple(k) for k in r.tolist()] for r in rows],
-        num_workers=cfg.workers, pin_memory=torch.cuda.is_available()))
+        num_workers=cfg.workers, pin_memory=device.type == "cuda")), device)
 
 
 def check_compatible(ckpt: dict, cfg: Config, path, state_keys=()):
@@ -214,32 +217,49 @@ def trim_metrics(path: Path, step: int):
 
 
 class StopFlag:
-    """Set by SIGINT, SIGTERM or SIGHUP (a closed terminal); the loop saves and exits at the end of the
-    current step."""
+    """Set by SIGINT, SIGTERM or SIGHUP (a closed terminal); the loop saves and exits at a step every
+    process agrees on. install() takes the three signals, restore() gives back the handlers it found:
+    a process that calls main (a test, a notebook) stays stoppable after the run."""
 
     def __init__(self):
-        self.set = False
+        self.set, self.previous = False, {}
+
+    def install(self):
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, self.handle)
+            self.previous[sig] = signal.signal(sig, self.handle)
+
+    def restore(self):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        self.previous = {}
 
     def handle(self, signum, frame):
         self.set = True
 
-    def agreed(self, device) -> bool:
-        """True on every process once any process got a signal: all stop at the same step."""
+    def agreed(self, step: int, log_every: int, device) -> bool:
+        """True on every process once any process got a signal: all stop at the same step. Alone, the
+        flag is read after every step. Under torch.distributed the processes compare flags (an
+        all-reduce the host must wait for) only at log points and every STOP_EVERY steps, the same
+        steps on every process, so a signal costs up to STOP_EVERY - 1 more steps, all saved."""
+        if dist.is_initialized() and step % STOP_EVERY and step % log_every:
+            return False
         return not all_agree(not self.set, device)
 
 
 def gan_step(G_train, D_train, D, opt_G, opt_D, scaler, real_A, real_B, cfg: Config, dtype, device):
     """One optimizer step of D, then of G. G_train/D_train may be DDP- or compile-wrapped; D is the
     bare module. Returns the three losses as tensors (no host sync)."""
-    if cfg.compile == "reduce-overhead":
+    if cfg.compile in ("reduce-overhead", "max-autotune"):  # the two modes that record CUDA graphs
         torch.compiler.cudagraph_mark_step_begin()  # a new iteration: last step's graph outputs may be reused
     # (1) Update D: real pairs -> 1, generated pairs -> 0; G gets no gradient here
     with torch.autocast(device.type, dtype, enabled=dtype is not None):
         fake_B = G_train(real_A)
         loss_D_fake = gan_loss(D_train(real_A, fake_B.detach()).float(), False, cfg.gan_mode)
-        loss_D_real = gan_loss(D_train(real_A, real_B).float(), True, cfg.gan_mode)
+        # real_B in fake_B's dtype and strides: a compiled D then runs one graph for both, instead of
+        # being compiled again (with dynamic strides) for a float channel slice. D sees the same values:
+        # autocast rounds its input to fake_B's dtype anyway.
+        real_B_D = torch.empty_like(fake_B).copy_(real_B)
+        loss_D_real = gan_loss(D_train(real_A, real_B_D).float(), True, cfg.gan_mode)
         loss_D = 0.5 * (loss_D_fake + loss_D_real)  # halved: D learns slower than G (paper 3.3)
     opt_D.zero_grad(set_to_none=True)
     scaler.scale(loss_D).backward()
@@ -265,9 +285,18 @@ def gan_step(G_train, D_train, D, opt_G, opt_D, scaler, real_A, real_B, cfg: Con
 
 
 def main(cfg: Config):
+    """Train as cfg says; the signal handlers the run takes are given back however it ends."""
+    stop = StopFlag()
+    try:
+        run(cfg, stop)
+    finally:
+        stop.restore()
+
+
+def run(cfg: Config, stop: StopFlag):
     protect_output()  # a closed pipe or terminal must never stop training or skip the final save
     set_determinism(cfg.deterministic)  # before any CUDA work: cuBLAS reads its setting when it starts
-    rank, world = init_distributed()
+    rank, world = init_distributed(cfg.device)
     is_main = rank == 0
     device = pick_device(cfg.device)
     run_dir = Path(cfg.run_dir)
@@ -412,7 +441,7 @@ def main(cfg: Config):
                          "metric": cfg.best_metric, "value": best.value, "val": metrics}, run_dir / "G_best.pt")
         return row["val_seconds"]
 
-    stop = StopFlag()
+    stop.install()
     log_path = run_dir / "metrics.jsonl"
     curves = plots.Curves(log_path, run_dir / "curves.png")
     sums = torch.zeros(3, device=device)  # running loss sums, read back only when logged
@@ -425,7 +454,7 @@ def main(cfg: Config):
         epoch, first = divmod(step, steps_per_epoch)
         plan = dataset.jitter_plan(len(train), cfg.seed, epoch, cfg.load_size, cfg.crop_size, cfg.flip)
         rows = plan[: steps_per_epoch * cfg.batch_size * world].view(steps_per_epoch, world, cfg.batch_size, 4)
-        for batch in epoch_batches(train, rows[first:, rank], cfg):
+        for batch in epoch_batches(train, rows[first:, rank], cfg, device):
             real_A, real_B = to_pair(batch, cfg, device, memory_format)
 
             loss_D, loss_G_gan, loss_G_l1 = gan_step(G_train, D_train, D, opt_G, opt_D, scaler,
@@ -437,7 +466,7 @@ def main(cfg: Config):
             if step % steps_per_epoch == 0:
                 sched_G.step()
                 sched_D.step()
-            stopping = stop.agreed(device)
+            stopping = stop.agreed(step, cfg.log_every, device)
             last = stopping or step == end
             if step % cfg.log_every == 0 or last:
                 if dist.is_initialized():
