@@ -21,8 +21,8 @@ MISSING = ("onnx and onnxruntime are needed for the export: pip install -r requi
 
 
 def export(G, path, opset=18):
-    """Write G (in eval mode) to path with dynamic batch, height and width, via a temp file renamed
-    into place: a failed export leaves no half-written model."""
+    """Write G (in eval mode, on any device) to path with dynamic batch, height and width, via a temp
+    file renamed into place: a failed export leaves no half-written model."""
     try:
         import onnx  # noqa: F401  (torch.onnx.export needs it)
     except ImportError:
@@ -30,7 +30,7 @@ def export(G, path, opset=18):
     G = G.eval()
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    x = torch.zeros(1, 3, 256, 256)
+    x = torch.zeros(1, 3, 256, 256, device=next(G.parameters()).device)  # tracing runs G where it is
     try:
         torch.onnx.export(G, (x,), str(tmp), input_names=["satellite"], output_names=["map"],
                           opset_version=opset, dynamic_axes={"satellite": {0: "batch", 2: "height", 3: "width"},
@@ -49,7 +49,7 @@ def max_difference(G, path, shape=(2, 3, 256, 512), seed=0) -> float:
         raise InputError(MISSING) from None
     x = torch.rand(shape, generator=torch.Generator().manual_seed(seed)) * 2 - 1
     with torch.no_grad():
-        ref = G.eval()(x).numpy()
+        ref = G.eval()(x.to(next(G.parameters()).device)).cpu().numpy()
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = sess.run(None, {"satellite": x.numpy()})[0]
     return float(np.abs(got - ref).max())
