@@ -16,6 +16,7 @@ device's peak is a large matmul timed in the same run, and each mode reports its
 counted with torch.utils.flop_counter; figures are the full-size U-Net-256 at 256x256.
 """
 import argparse
+import itertools
 import json
 import subprocess
 import sys
@@ -90,14 +91,17 @@ def train_setup(device, fast: bool, compile_mode: str, cfg: Config, ngf=64):
 
 
 def data_source(pairs, device, fast, cfg, cache_dir=None):
-    """get(i) -> uint8 batch of one jittered pair: ours from the cache (on the GPU unless mapped),
-    the reference through PIL."""
+    """get(i) -> uint8 batch of one jittered pair: ours from the cache (on the GPU unless mapped, then
+    pinned and copied one ahead as train.py does), the reference through PIL."""
     plan = dataset.jitter_plan(len(pairs), 0, 0, cfg.load_size, cfg.crop_size, True)
     if fast:
         cached = cache.CachedPairs(pairs, cfg.load_size, cache_dir)
         if cache_dir is None:
             cached.to(device)
-        return lambda i: cached.batch(plan[i % len(plan)][None], cfg.crop_size)
+            return lambda i: cached.batch(plan[i % len(plan)][None], cfg.crop_size)
+        rows = (plan[i % len(plan)][None] for i in itertools.count())
+        stream = cache.prefetch((cached.batch(r, cfg.crop_size) for r in rows), device)
+        return lambda i: next(stream)
     pil = dataset.PILPairs(pairs, cfg.load_size, cfg.crop_size)
     return lambda i: pil[tuple(plan[i % len(plan)])][None]
 

@@ -257,7 +257,7 @@ def gan_step(G_train, D_train, D, opt_G, opt_D, scaler, real_A, real_B, cfg: Con
         loss_D_fake = gan_loss(D_train(real_A, fake_B.detach()).float(), False, cfg.gan_mode)
         # real_B in fake_B's dtype and strides: a compiled D then runs one graph for both, instead of
         # being compiled again (with dynamic strides) for a float channel slice. D sees the same values:
-        # autocast rounds its input to fake_B's dtype anyway.
+        # under autocast its first convolution rounds to that dtype anyway.
         real_B_D = torch.empty_like(fake_B).copy_(real_B)
         loss_D_real = gan_loss(D_train(real_A, real_B_D).float(), True, cfg.gan_mode)
         loss_D = 0.5 * (loss_D_fake + loss_D_real)  # halved: D learns slower than G (paper 3.3)
