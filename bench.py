@@ -8,13 +8,15 @@ and (--data) the data path against dataset size.
 
 Reference: eager float32, contiguous memory, the PIL data path (decode + resize every step),
 PyTorch's default Adam, no compile. Ours: the train.py defaults for training (cached uint8 pairs
-jittered on the device, channels-last, bf16 autocast where the device runs it fast, fused Adam) and
-the predict.py --eval defaults for inference (bf16 weights where fast, channels-last), plus --compile.
+jittered on the device, channels-last, the --amp auto autocast (utils.amp_dtype: bf16 where the device
+runs it fast, fp16 with a GradScaler on GPUs before compute capability 8), fused Adam) and the
+predict.py --eval defaults for inference (weights in that dtype, channels-last), plus --compile.
 Times are torch.utils.benchmark medians with their interquartile range over repeated blocks; the
 device's peak is a large matmul timed in the same run, and each mode reports its share of it. FLOPs are
 counted with torch.utils.flop_counter; figures are the full-size U-Net-256 at 256x256.
 """
 import argparse
+import itertools
 import json
 import subprocess
 import sys
@@ -86,19 +88,22 @@ def train_setup(device, fast: bool, compile_mode: str, cfg: Config, ngf=64):
     if fast and compile_mode != "off":
         G_train = torch.compile(G, mode=None if compile_mode == "default" else compile_mode)
         D_train = torch.compile(D, mode=None if compile_mode == "default" else compile_mode)
-    scaler = torch.amp.GradScaler(device.type, enabled=False)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)  # as train.py
     return G, D, G_train, D_train, opt_G, opt_D, scaler, dtype, fmt
 
 
 def data_source(pairs, device, fast, cfg, cache_dir=None):
-    """get(i) -> uint8 batch of one jittered pair: ours from the cache (on the GPU unless mapped),
-    the reference through PIL."""
+    """get(i) -> uint8 batch of one jittered pair: ours from the cache (on the GPU unless mapped, then
+    pinned and copied one ahead as train.py does), the reference through PIL."""
     plan = dataset.jitter_plan(len(pairs), 0, 0, cfg.load_size, cfg.crop_size, True)
     if fast:
         cached = cache.CachedPairs(pairs, cfg.load_size, cache_dir)
         if cache_dir is None:
             cached.to(device)
-        return lambda i: cached.batch(plan[i % len(plan)][None], cfg.crop_size)
+            return lambda i: cached.batch(plan[i % len(plan)][None], cfg.crop_size)
+        rows = (plan[i % len(plan)][None] for i in itertools.count())
+        stream = cache.prefetch((cached.batch(r, cfg.crop_size) for r in rows), device)
+        return lambda i: next(stream)
     pil = dataset.PILPairs(pairs, cfg.load_size, cfg.crop_size)
     return lambda i: pil[tuple(plan[i % len(plan)])][None]
 

@@ -219,3 +219,19 @@ class CachedPairs:
     def batch(self, rows: torch.Tensor, crop: int) -> torch.Tensor:
         """uint8 (B, 6, crop, crop) for plan rows (index, y, x, flip), on the pixels' device."""
         return torch.stack([crop_flip(self.pixels[i], y, x, bool(f), crop) for i, y, x, f in rows.tolist()])
+
+
+def prefetch(batches, device):
+    """The batches, one ahead, on device. On CUDA a batch held by the CPU (the mapped file, the
+    DataLoader) is pinned and its copy queued without waiting (from pageable memory the host would
+    first wait for every queued kernel) before the current one is handed out, so the host prepares
+    the next batch while the GPU runs the step. Elsewhere nothing is pinned or copied."""
+    ahead = None
+    for batch in batches:
+        if device.type == "cuda" and batch.device.type == "cpu":
+            batch = (batch if batch.is_pinned() else batch.pin_memory()).to(device, non_blocking=True)
+        if ahead is not None:
+            yield ahead
+        ahead = batch
+    if ahead is not None:
+        yield ahead

@@ -22,10 +22,10 @@ MISSING = ("onnx and onnxruntime are needed for the export: pip install -r requi
            "(or pip install onnx onnxruntime onnxscript)")
 
 
-def export(G, path, opset=18, device="cpu"):
+def export(G, path, opset=18):
     """Write G (in eval mode) to path with dynamic batch, height and width, via a temp file renamed
     into place: a failed export leaves no half-written model. PyTorch's exporter (torch.export, then
-    onnxscript) traces G on `device`."""
+    onnxscript) traces G where it is (the device of its weights)."""
     try:
         import onnx  # noqa: F401  (torch.onnx.export needs it)
     except ImportError:
@@ -33,7 +33,7 @@ def export(G, path, opset=18, device="cpu"):
     G = G.eval()
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    x = torch.zeros(1, 3, 256, 256, device=device)
+    x = torch.zeros(1, 3, 256, 256, device=next(G.parameters()).device)  # tracing runs G where it is
     try:
         torch.onnx.export(G, (x,), str(tmp), input_names=["satellite"], output_names=["map"],
                           opset_version=opset, dynamic_shapes=({0: "batch", 2: "height", 3: "width"},),
@@ -76,7 +76,7 @@ def main(argv=None):
         raise InputError(f"--out {out}: folder {out.parent} does not exist")
     device = pick_device(args.device)
     G, _ = load_generator(args.weights, device)
-    export(G, out, args.opset, device)
+    export(G, out, args.opset)
     diff = max_difference(G, out, seed=args.seed)
     if diff > 1e-4:
         raise InputError(f"{out}: onnxruntime differs from PyTorch by {diff:.2e} (limit 1e-4)")

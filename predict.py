@@ -65,8 +65,9 @@ def parse(argv=None) -> tuple:
                    "trained on 600 px tiles shown at 256 px: 256/600 = 0.43 matches that zoom); rasters are "
                    "written back on their own grid, PNG/JPEG at the new size")
     p.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"], help="precision of the "
-                   "generator's weights and activations; auto: bf16 where the device runs it fast (outputs then "
-                   "differ from float32 by a level or two of 255), else float32")
+                   "generator's weights and activations; auto: bf16 where the device runs it fast (CPUs with "
+                   "native bf16, GPUs of compute capability 8 on), fp16 on older GPUs, else float32 (outputs "
+                   "then differ from float32 by a level or two of 255)")
     p.add_argument("--tile", type=int, default=256, help="tile size in px, a multiple of 256")
     p.add_argument("--overlap", type=int, default=64, help="px shared by neighbouring tiles")
     p.add_argument("--batch", type=int, default=8, help="tiles per forward pass with --eval")
@@ -119,7 +120,7 @@ def run(args, opts: raster.Options, files: list[Path]) -> int:
     if clashes:
         raise InputError(f"--input {args.input}: {' and '.join(clashes[0])} would both be written as "
                          f"{Path(clashes[0][0]).stem}.*; rename one, or translate them into separate --out folders")
-    rank, world = init_distributed()
+    rank, world = init_distributed(args.device)
     try:
         G = load(args, opts)
         with made_folder(out_dir):  # removed again if every input is skipped

@@ -37,6 +37,9 @@ from utils import (InputError, all_agree, amp_dtype, broadcast_buffers, gather_o
                    local_rank, pick_device, protect_output, rng_state, run_command, seed_everything,
                    set_determinism)
 
+# Under torch.distributed the processes agree on a stop signal every this many steps (and at log points)
+STOP_EVERY = 10
+
 # ----------------------------------------------------------------------------------------------------
 # Helpers
 
@@ -145,42 +148,60 @@ class BestMetric:
             self.value, self.step = state["value"], state["step"]
 
 
-def epoch_batches(train, rows: torch.Tensor, cfg: Config):
-    """uint8 batches for this process's plan rows (steps, B, 4), decoded in workers on the PIL path."""
+def epoch_batches(train, rows: torch.Tensor, cfg: Config, device):
+    """uint8 batches on device for this process's plan rows (steps, B, 4), decoded in workers on the PIL
+    path; each copied to the GPU from pinned memory while the step before it runs (cache.prefetch)."""
     if isinstance(train, cache.CachedPairs):
-        return (train.batch(r, cfg.crop_size) for r in rows)
-    return iter(torch.utils.data.DataLoader(
+        return cache.prefetch((train.batch(r, cfg.crop_size) for r in rows), device)
+    return cache.prefetch(iter(torch.utils.data.DataLoader(
         train, batch_sampler=[[tuple(k) for k in r.tolist()] for r in rows],
-        num_workers=cfg.workers, pin_memory=torch.cuda.is_available()))
+        num_workers=cfg.workers, pin_memory=device.type == "cuda")), device)
 
 
 class StopFlag:
-    """Set by SIGINT, SIGTERM or SIGHUP (a closed terminal); the loop saves and exits at the end of the
-    current step."""
+    """Set by SIGINT, SIGTERM or SIGHUP (a closed terminal); the loop saves and exits at a step every
+    process agrees on. install() takes the three signals, restore() gives back the handlers it found:
+    a process that calls main (a test, a notebook) stays stoppable after the run."""
 
     def __init__(self):
-        self.set = False
+        self.set, self.previous = False, {}
+
+    def install(self):
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, self.handle)
+            self.previous[sig] = signal.signal(sig, self.handle)
+
+    def restore(self):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        self.previous = {}
 
     def handle(self, signum, frame):
         self.set = True
 
-    def agreed(self, device) -> bool:
-        """True on every process once any process got a signal: all stop at the same step."""
+    def agreed(self, step: int, log_every: int, device) -> bool:
+        """True on every process once any process got a signal: all stop at the same step. Alone, the
+        flag is read after every step. Under torch.distributed the processes compare flags (an
+        all-reduce the host must wait for) only at log points and every STOP_EVERY steps, the same
+        steps on every process, so a signal costs up to STOP_EVERY - 1 more steps, all saved."""
+        if dist.is_initialized() and step % STOP_EVERY and step % log_every:
+            return False
         return not all_agree(not self.set, device)
 
 
 def gan_step(G_train, D_train, D, opt_G, opt_D, scaler, real_A, real_B, cfg: Config, dtype, device):
     """One optimizer step of D, then of G. G_train/D_train may be DDP- or compile-wrapped; D is the
     bare module. Returns the three losses as tensors (no host sync)."""
-    if cfg.compile == "reduce-overhead":
+    if cfg.compile in ("reduce-overhead", "max-autotune"):  # the two modes that record CUDA graphs
         torch.compiler.cudagraph_mark_step_begin()  # a new iteration: last step's graph outputs may be reused
     # (1) Update D: real pairs -> 1, generated pairs -> 0; G gets no gradient here
     with torch.autocast(device.type, dtype, enabled=dtype is not None):
         fake_B = G_train(real_A)
         loss_D_fake = gan_loss(D_train(real_A, fake_B.detach()).float(), False, cfg.gan_mode)
-        loss_D_real = gan_loss(D_train(real_A, real_B).float(), True, cfg.gan_mode)
+        # real_B in fake_B's dtype and strides: a compiled D then runs one graph for both, instead of
+        # being compiled again (with dynamic strides) for a float channel slice. D sees the same values:
+        # under autocast its first convolution rounds to that dtype anyway.
+        real_B_D = torch.empty_like(fake_B).copy_(real_B)
+        loss_D_real = gan_loss(D_train(real_A, real_B_D).float(), True, cfg.gan_mode)
         loss_D = 0.5 * (loss_D_fake + loss_D_real)  # halved: D learns slower than G (paper 3.3)
     opt_D.zero_grad(set_to_none=True)
     scaler.scale(loss_D).backward()
@@ -309,10 +330,20 @@ def validate(G, pairs: list, cfg: Config, device, memory_format, inception) -> t
 
 
 def main(cfg: Config):
+    """Train as cfg says; the signal handlers the run takes are given back however it ends, so a
+    process that calls main (a test, a notebook) stays stoppable afterwards."""
+    stop = StopFlag()
+    try:
+        fit(cfg, stop)
+    finally:
+        stop.restore()
+
+
+def fit(cfg: Config, stop: StopFlag):
     # Setup: processes and device, the run folder and where to resume, data, models
     protect_output()  # a closed pipe or terminal must never stop training or skip the final save
     set_determinism(cfg.deterministic)  # before any CUDA work: cuBLAS reads its setting when it starts
-    rank, world = init_distributed()
+    rank, world = init_distributed(cfg.device)
     is_main = rank == 0
     device = pick_device(cfg.device)
     run = RunDir(cfg, is_main)  # writes nothing yet: a refused start leaves the folder as it was
@@ -343,7 +374,7 @@ def main(cfg: Config):
     val_every = cfg.val_every or steps_per_epoch
 
     # The loop: one GAN step, then what is due at this step (log row, validation, sample grid, save)
-    stop = StopFlag()
+    stop.install()  # only now: Ctrl-C during a long cache build still stops at once
     meter = LossMeter(device)
     if step == 0 and is_main:
         run.samples(sample_grid(G, val, cfg, device, memory_format), step, cfg.direction)  # the untrained G
@@ -352,7 +383,7 @@ def main(cfg: Config):
     while step < end and not stopping:
         epoch, first = divmod(step, steps_per_epoch)
         plan = epoch_plan(train, epoch, steps_per_epoch, world, cfg)
-        for batch in epoch_batches(train, plan[first:, rank], cfg):
+        for batch in epoch_batches(train, plan[first:, rank], cfg, device):
             real_A, real_B = to_pair(batch, cfg, device, memory_format)
             meter.add(*gan_step(G_train, D_train, D, opt_G, opt_D, state["scaler"], real_A, real_B, cfg, dtype,
                                 device))
@@ -361,7 +392,7 @@ def main(cfg: Config):
             if step % steps_per_epoch == 0:
                 state["sched_G"].step()
                 state["sched_D"].step()
-            stopping = stop.agreed(device)
+            stopping = stop.agreed(step, cfg.log_every, device)
             last = stopping or step == end
             if step % cfg.log_every == 0 or last:
                 row = meter.row(step, steps_per_epoch, opt_G.param_groups[0]["lr"], cfg.batch_size * world)

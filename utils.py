@@ -3,6 +3,7 @@
 Seeding and RNG state, device choice, atomic saves and safe loads, image <-> tensor conversion,
 sample grids, and the few torch.distributed calls the trainer needs.
 """
+import copy
 import errno
 import os
 import random
@@ -168,12 +169,20 @@ def available_ram() -> int:
 
 
 def amp_dtype(amp: str, device: torch.device):
-    """The autocast dtype for --amp, or None for float32. 'auto' picks bf16 where it is fast."""
+    """The autocast (training) or weight (inference) dtype for --amp, or None for float32. 'auto': bf16
+    where the device runs it fast, fp16 on older CUDA GPUs, else float32.
+
+    On CUDA that is bf16 from compute capability 8 (A100, H100, RTX 30xx on); below it (V100, T4)
+    fp16, with a GradScaler in training: cuDNN has no bf16 convolutions there, and
+    torch.cuda.is_bf16_supported() would still say yes, as it counts emulation."""
     if amp == "auto":
-        fast = device.type == "cuda" and torch.cuda.is_bf16_supported()
-        fast = fast or (device.type == "cpu" and torch.backends.mkldnn.is_available()
-                        and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-        amp = "bf16" if fast else "off"
+        if device.type == "cuda":
+            amp = "bf16" if torch.cuda.get_device_capability(device) >= (8, 0) else "fp16"
+        elif device.type == "cpu" and torch.backends.mkldnn.is_available() \
+                and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            amp = "bf16"
+        else:
+            amp = "off"
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[amp]
 
 
@@ -237,8 +246,26 @@ def made_folder(folder):
                 break
 
 
+def to_cpu(obj):
+    """obj with every tensor in its nested dicts, lists and tuples moved to the CPU (CPU tensors are
+    kept, not copied); dict subclasses keep their type and attributes (a state_dict's _metadata)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.cpu()
+    if isinstance(obj, dict):
+        out = copy.copy(obj)
+        for key, value in obj.items():
+            out[key] = to_cpu(value)
+        return out
+    if type(obj) in (list, tuple):
+        return type(obj)(to_cpu(v) for v in obj)
+    return obj
+
+
 def atomic_save(obj, path):
-    """torch.save, atomically (see atomic_write)."""
+    """torch.save of obj's tensors moved to the CPU (see to_cpu), atomically (see atomic_write): a file
+    saved by a GPU run loads with a plain torch.load on a machine without one, as released pix2pix
+    files do. Resuming loses nothing: load_state_dict copies each value to its module's device."""
+    obj = to_cpu(obj)
     atomic_write(path, lambda f: torch.save(obj, f))
 
 
@@ -352,13 +379,20 @@ def with_header(img: Image.Image, titles, caption, cell: int, height: int = 22) 
 # torch.distributed (torchrun)
 
 
-def init_distributed() -> tuple[int, int]:
+def backend_for(device_kind: str) -> str:
+    """The process-group backend for the device type training runs on: NCCL for CUDA tensors, gloo for
+    the rest (CPU tensors through NCCL fail, even on a node that has GPUs)."""
+    return "nccl" if device_kind == "cuda" else "gloo"
+
+
+def init_distributed(device_name: str = "auto") -> tuple[int, int]:
     """Join the torchrun process group if there is one (even of one process, so that a one-GPU
-    torchrun exercises NCCL as a larger one does); returns (rank, world size). RANK and WORLD_SIZE
-    count every process on every node; LOCAL_RANK numbers the processes of this node and picks its GPU."""
+    torchrun exercises NCCL as a larger one does); returns (rank, world size). The backend follows
+    the device --device resolves to (backend_for). RANK and WORLD_SIZE count every process on every
+    node; LOCAL_RANK numbers the processes of this node and picks its GPU."""
     if "RANK" not in os.environ or "MASTER_ADDR" not in os.environ:
         return 0, 1
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    backend = backend_for(pick_device(device_name).type)  # resolves auto; a missing device is one line
     if backend == "nccl":
         local, count = local_rank(), torch.cuda.device_count()
         if local >= count:

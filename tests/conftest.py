@@ -10,7 +10,10 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 SHARED_SAMPLE = ROOT.parent / "shared" / "maps_sample"
-TINY = ["--ngf", "8", "--ndf", "8", "--log-every", "1", "--sample-every", "1000", "--save-every", "1000"]
+# --device cpu: the suite is bit-exact on any host, a GPU one included (tests/test_cuda.py passes a
+# later --device cuda, which argparse takes instead)
+TINY = ["--ngf", "8", "--ndf", "8", "--log-every", "1", "--sample-every", "1000", "--save-every", "1000",
+        "--device", "cpu"]
 
 
 def make_ab(path, w=128, h=64, seed=0, mode="RGB"):

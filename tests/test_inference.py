@@ -83,7 +83,8 @@ def test_official_file_reproduced_through_predict_eval(tmp_path):
     (tmp_path / "in").mkdir()
     Image.fromarray(img).save(tmp_path / "in" / "tile.png")
     r = subprocess.run([sys.executable, "predict.py", "--weights", str(tmp_path / "latest_net_G.pth"), "--input",
-                        str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--eval", "--amp", "off"],
+                        str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--eval", "--amp", "off",
+                        "--device", "cpu"],
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     got = np.asarray(Image.open(tmp_path / "out" / "tile.png")).astype(np.float32)
@@ -99,7 +100,7 @@ def test_bf16_prediction_stays_within_a_few_levels_of_float32(tmp_path):
     outs = {}
     for amp in ("off", "bf16"):
         predict.main(["--weights", str(tmp_path / "G.pt"), "--input", str(tmp_path / "in"), "--out",
-                      str(tmp_path / amp), "--eval", "--amp", amp])
+                      str(tmp_path / amp), "--eval", "--amp", amp, "--device", "cpu"])
         outs[amp] = np.asarray(Image.open(tmp_path / amp / "x.png")).astype(int)
     diff = np.abs(outs["off"] - outs["bf16"])
     assert 0 < diff.max() <= 8 and diff.mean() < 1.5  # a different precision, not a different picture
@@ -235,7 +236,7 @@ def test_predict_folder_reports_unreadable_and_translates_the_rest(tmp_path):
     make_ab(tmp_path / "in" / "small.jpg", w=60, h=40)
     (tmp_path / "in" / "broken.jpg").write_bytes(b"nope")
     r = subprocess.run([sys.executable, "predict.py", "--weights", str(tmp_path / "G.pt"), "--input",
-                        str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--scale", "0.5"],
+                        str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--scale", "0.5", "--device", "cpu"],
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 1 and f"{tmp_path / 'in' / 'broken.jpg'}: not an image PIL can read: skipped" in r.stderr
     assert Image.open(tmp_path / "out" / "good.png").size == (150, 100)
@@ -252,7 +253,8 @@ def test_evaluate_on_real_sample_writes_grids_and_metrics(tmp_path, maps_sample)
     (maps_sample / "val" / "001.png").unlink(missing_ok=True)
     for f in sorted((maps_sample / "train").iterdir())[8:24]:
         (maps_sample / "val" / f.name).symlink_to(f.resolve())
-    evaluate.main(["--weights", str(tmp_path / "G.pt"), "--data-root", str(maps_sample), "--out", str(tmp_path / "ev")])
+    evaluate.main(["--weights", str(tmp_path / "G.pt"), "--data-root", str(maps_sample), "--out", str(tmp_path / "ev"),
+                   "--device", "cpu"])
     for name in ("grid_input", "grid_output", "grid_target"):
         assert Image.open(tmp_path / "ev" / f"{name}.png").size == (8 * 258 + 2, 3 * 258 + 2)
     assert Image.open(tmp_path / "ev" / "grid_triplets.png").size == (3 * 258 + 2, 24 * 258 + 2)

@@ -49,8 +49,8 @@ def weights(tmp_path):
 
 
 def run_predict(*args):
-    return subprocess.run([sys.executable, "predict.py", *map(str, args)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run([sys.executable, "predict.py", "--device", "cpu", *map(str, args)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
 
 
 def test_geotiff_keeps_grid_and_masks_nodata(tmp_path, weights):
@@ -164,5 +164,6 @@ def test_dihedral_inverts_and_evaluate_takes_tta(tmp_path, weights, data):
     x = torch.rand(2, 3, 8, 8)
     assert len({dihedral(x, k).flatten().tolist().__str__() for k in range(8)}) == 8
     assert all(torch.equal(dihedral(dihedral(x, k), k, inverse=True), x) for k in range(8))
-    evaluate.main(["--weights", str(weights), "--data-root", str(data), "--out", str(tmp_path / "ev"), "--tta"])
+    evaluate.main(["--weights", str(weights), "--data-root", str(data), "--out", str(tmp_path / "ev"), "--tta",
+                   "--device", "cpu"])
     assert (tmp_path / "ev" / "metrics.json").is_file()
