@@ -29,9 +29,10 @@ import dataset
 import evaluate
 import fid
 import plots
-from config import ARCH_FIELDS, METRIC_GOALS, Config, parse_config
-from discriminator import Discriminator
-from generator import Generator, init_weights, inference
+from config import ARCH_FIELDS, METRIC_GOALS, Config, parse_config, saved_arch
+from discriminator import define_D
+from generator import define_G, inference, init_weights
+from losses import gan_loss, gradient_penalty, make_scheduler
 from utils import (InputError, all_agree, amp_dtype, atomic_save, atomic_write_text, broadcast_buffers,
                    first_line, gather_objects, init_distributed, local_rank, pick_device, protect_output,
                    rng_state, run_command, safe_load, save_grid, seed_everything, set_determinism,
@@ -45,19 +46,6 @@ NEWER_KEYS = ("best",)
 
 # ----------------------------------------------------------------------------------------------------
 # Helpers
-
-
-def gan_loss(pred: torch.Tensor, real: bool, mode: str) -> torch.Tensor:
-    """Vanilla GAN (BCE on logits) or LSGAN (MSE) against an all-real or all-fake target."""
-    target = torch.ones_like(pred) if real else torch.zeros_like(pred)
-    if mode == "lsgan":
-        return F.mse_loss(pred, target)
-    return F.binary_cross_entropy_with_logits(pred, target)
-
-
-def lr_lambda(cfg: Config):
-    """Constant for cfg.epochs epochs, then linear towards 0 over cfg.epochs_decay epochs (official rule)."""
-    return lambda epoch: 1.0 - max(0, epoch + 1 - cfg.epochs) / float(cfg.epochs_decay + 1)
 
 
 def to_pair(batch: torch.Tensor, cfg: Config, device, memory_format):
@@ -172,8 +160,8 @@ def check_compatible(ckpt: dict, cfg: Config, path, state_keys=()):
         raise InputError(f"{path}: not a complete sat2map training checkpoint (expected version {CKPT_VERSION}"
                          + (f"; missing {', '.join(missing)})" if missing else f", found {ckpt.get('version')})"))
     saved = ckpt["config"] if isinstance(ckpt["config"], dict) else {}
-    diff = [f"--{k.replace('_', '-')} {saved.get(k)} in the checkpoint, {getattr(cfg, k)} now"
-            for k in ARCH_FIELDS if saved.get(k) != getattr(cfg, k)]
+    diff = [f"--{k.replace('_', '-')} {saved_arch(saved, k)} in the checkpoint, {getattr(cfg, k)} now"
+            for k in ARCH_FIELDS if saved_arch(saved, k) != getattr(cfg, k)]
     if diff:
         raise InputError(f"{path}: checkpoint architecture differs from the flags: {'; '.join(diff)} "
                          f"(pass the checkpoint's values, or a new --run-dir)")
@@ -241,6 +229,8 @@ def gan_step(G_train, D_train, D, opt_G, opt_D, scaler, real_A, real_B, cfg: Con
         loss_D_fake = gan_loss(D_train(real_A, fake_B.detach()).float(), False, cfg.gan_mode)
         loss_D_real = gan_loss(D_train(real_A, real_B).float(), True, cfg.gan_mode)
         loss_D = 0.5 * (loss_D_fake + loss_D_real)  # halved: D learns slower than G (paper 3.3)
+        if cfg.gan_mode == "wgangp" and cfg.lambda_gp > 0:
+            loss_D = loss_D + gradient_penalty(D, real_A, real_B, fake_B, cfg.lambda_gp)
     opt_D.zero_grad(set_to_none=True)
     scaler.scale(loss_D).backward()
     scaler.step(opt_D)
@@ -299,16 +289,15 @@ def main(cfg: Config):
 
     # Models, optimizers and schedules exactly as the paper sets them
     torch.manual_seed(cfg.seed)  # same initial weights on every process
-    G = init_weights(Generator(3, 3, cfg.ngf, cfg.norm, cfg.dropout)).to(device)
-    D = init_weights(Discriminator(6, cfg.ndf, cfg.norm)).to(device)
+    G = init_weights(define_G(cfg.netG, cfg.ngf, cfg.norm, cfg.dropout), cfg.init_type, cfg.init_gain).to(device)
+    D = init_weights(define_D(cfg.netD, cfg.ndf, cfg.n_layers_D, cfg.norm), cfg.init_type, cfg.init_gain).to(device)
     seed_everything(cfg.seed + rank)  # then a dropout stream of its own per process
     if cfg.sync_bn and world > 1:
         G, D = (nn.SyncBatchNorm.convert_sync_batchnorm(m) for m in (G, D))
     G, D = G.to(memory_format=memory_format), D.to(memory_format=memory_format)
     adam = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=device.type in ("cpu", "cuda") or None)
     opt_G, opt_D = torch.optim.Adam(G.parameters(), **adam), torch.optim.Adam(D.parameters(), **adam)
-    sched_G = torch.optim.lr_scheduler.LambdaLR(opt_G, lr_lambda(cfg))
-    sched_D = torch.optim.lr_scheduler.LambdaLR(opt_D, lr_lambda(cfg))
+    sched_G, sched_D = make_scheduler(opt_G, cfg), make_scheduler(opt_D, cfg)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     # What a checkpoint holds besides step, RNG, config and data: adding state is one line here
     best = BestMetric(cfg.best_metric)
@@ -434,6 +423,9 @@ def main(cfg: Config):
             sums += torch.stack([loss_D, loss_G_gan, loss_G_l1]).float()
             n_log += 1
             bar.update(1)
+            if cfg.lr_policy == "plateau":  # its metric: the epoch's mean L1 loss
+                sched_G.observe(loss_G_l1)
+                sched_D.observe(loss_G_l1)
             if step % steps_per_epoch == 0:
                 sched_G.step()
                 sched_D.step()
