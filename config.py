@@ -125,7 +125,7 @@ class Config:
         self.name = self.name or Path(self.data_root).resolve().name or "run"
         self.run_dir = self.run_dir or f"weights/{self.name}"
         checks = {
-            "--load-size": self.load_size >= self.crop_size,
+            "--load-size": self.load_size >= self.crop_size or self.preprocess not in ("resize_and_crop", "scale_width_and_crop"),
             "--crop-size": self.crop_size >= size_multiple(self.netG) and self.crop_size % size_multiple(self.netG) == 0,
             "--max-dataset-size": self.max_dataset_size >= 0,
             "--n-layers-D": 1 <= self.n_layers_D <= 8,

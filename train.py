@@ -14,6 +14,7 @@ import json
 import signal
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,7 @@ import fid
 import plots
 from config import ARCH_FIELDS, METRIC_GOALS, Config, parse_config, saved_arch
 from discriminator import define_D
-from generator import define_G, inference, init_weights
+from generator import define_G, inference, init_weights, size_multiple
 from losses import gan_loss, gradient_penalty, make_scheduler
 from utils import (InputError, all_agree, amp_dtype, atomic_save, atomic_write_text, broadcast_buffers,
                    first_line, gather_objects, init_distributed, local_rank, pick_device, protect_output,
@@ -66,13 +67,19 @@ def load_data(cfg: Config, rank: int, device):
     if dist.is_initialized():
         dist.barrier()  # the others wait for their node's download
     full_scan = cfg.data_cache == "off"  # the cache build decodes everything anyway
-    pairs = dataset.open_split(root, "train", cfg.skip_bad, full=full_scan)
+    pairs = dataset.open_split(root, "train", cfg.skip_bad, full=full_scan)[:cfg.max_dataset_size or None]
     val_pairs = dataset.open_split(root, "val" if (root / "val").is_dir() else "train", True, full=False)
-    where, why = cache.choose(cfg.data_cache, len(pairs), cfg.load_size, device)
+    size, crop = dataset.preprocess_plan(pairs, cfg.preprocess, cfg.load_size, cfg.crop_size, size_multiple(cfg.netG))
+    if size is None and cfg.batch_size > 1:
+        raise InputError(f"--preprocess {cfg.preprocess}: the pairs of {root / 'train'} come out in differing "
+                         f"sizes, which cannot share a batch: use --batch-size 1 or another --preprocess")
+    where, why = cache.choose(cfg.data_cache, len(pairs), size, device) if size else ("off", "pairs of differing sizes")
     if rank == 0:
         print(f"data cache: {where} ({why})")
     if where == "off":
-        train = dataset.PILPairs(pairs, cfg.load_size, cfg.crop_size)
+        sizer = partial(dataset.preprocess_size, mode=cfg.preprocess, load=cfg.load_size, crop=cfg.crop_size,
+                        multiple=size_multiple(cfg.netG))
+        train = dataset.PILPairs(pairs, size, crop, sizer)
     else:
         cache_dir = root / ".cache" / "train" if where == "disk" else None
         # one build per node, the node's other processes then map what it wrote; in memory each
@@ -81,7 +88,7 @@ def load_data(cfg: Config, rank: int, device):
         builder = local_rank() == 0
         if shared and not builder:
             dist.barrier()
-        train = cache.CachedPairs(pairs, cfg.load_size, cache_dir, cfg.skip_bad)
+        train = cache.CachedPairs(pairs, size, cache_dir, cfg.skip_bad, crop=crop)
         if shared and builder:
             dist.barrier()
     return train, val_pairs
@@ -147,7 +154,7 @@ def tensorboard_writer(cfg: Config):
 def epoch_batches(train, rows: torch.Tensor, cfg: Config):
     """uint8 batches for this process's plan rows (steps, B, 4), decoded in workers on the PIL path."""
     if isinstance(train, cache.CachedPairs):
-        return (train.batch(r, cfg.crop_size) for r in rows)
+        return (train.batch(r, train.crop) for r in rows)
     return iter(torch.utils.data.DataLoader(
         train, batch_sampler=[[tuple(k) for k in r.tolist()] for r in rows],
         num_workers=cfg.workers, pin_memory=torch.cuda.is_available()))
@@ -412,7 +419,7 @@ def main(cfg: Config):
     stopping = False  # agreed by every process; a signal before the first step still ends in a save
     while step < end and not stopping:
         epoch, first = divmod(step, steps_per_epoch)
-        plan = dataset.jitter_plan(len(train), cfg.seed, epoch, cfg.load_size, cfg.crop_size, cfg.flip)
+        plan = dataset.jitter_plan(len(train), cfg.seed, epoch, train.size, train.crop, cfg.flip)
         rows = plan[: steps_per_epoch * cfg.batch_size * world].view(steps_per_epoch, world, cfg.batch_size, 4)
         for batch in epoch_batches(train, rows[first:, rank], cfg):
             real_A, real_B = to_pair(batch, cfg, device, memory_format)
