@@ -200,7 +200,9 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-WEIGHTS_HELP = "last.pt, G.pt, an official pix2pix .pth, or sat2map / map2sat (downloaded once into weights/)"
+WEIGHTS_HELP = ("last.pt, G.pt, an official pix2pix *_net_G.pth (any --netG), or an official pretrained name: "
+                "sat2map, map2sat, facades_label2photo, edges2shoes, edges2handbags, day2night (downloaded "
+                "once into weights/)")
 
 
 def command_parser(description: str) -> Parser:

@@ -2,8 +2,9 @@
 
     python export.py --weights weights/maps/G.pt --out sat2map.onnx
 
-Batch, height and width are dynamic; height and width must be multiples of 256. The exported model
-is run with onnxruntime on a random input and compared with PyTorch before the command succeeds.
+Batch, height and width are dynamic; height and width must be multiples of 256 (128 for unet_128, 4 for
+the ResNet generators). The exported model is run with onnxruntime on a random input and compared with
+PyTorch before the command succeeds.
 """
 import os
 import sys
