@@ -78,13 +78,14 @@ class Config:
     lr: float = opt(2e-4, "Adam learning rate")
     beta1: float = opt(0.5, "Adam beta1")
     beta2: float = opt(0.999, "Adam beta2")
-    lambda_l1: float = opt(100.0, "weight of the L1 term in the generator loss")
+    lambda_l1: float = opt(100.0, "weight of the L1 term in the generator loss", aliases=["--lambda-L1"])
     gan_mode: str = opt("vanilla", "vanilla: BCE with logits; lsgan: least squares; wgangp: Wasserstein "
                         "loss with the gradient penalty", choices=list(GAN_MODES))
     lambda_gp: float = opt(10.0, "weight of the WGAN-GP gradient penalty with --gan-mode wgangp (0: the "
                            "official pix2pix model's plain WGAN loss, no penalty)")
-    epochs: int = opt(100, "epochs at the initial learning rate")
-    epochs_decay: int = opt(100, "further epochs with the learning rate decaying linearly to 0")
+    epochs: int = opt(100, "epochs at the initial learning rate", aliases=["--n-epochs"])
+    epochs_decay: int = opt(100, "further epochs with the learning rate decaying linearly to 0",
+                            aliases=["--n-epochs-decay"])
     lr_policy: str = opt("linear", "linear: the paper's schedule above; step: x0.1 every --lr-decay-iters "
                          "epochs; plateau: x0.2 after 5 epochs without a 1%% better mean L1 loss; cosine: "
                          "cosine annealing to 0 over --epochs epochs", choices=list(LR_POLICIES))
@@ -225,8 +226,9 @@ def build_parser(cls=Config, description=None) -> Parser:
                                 help=f.metadata["help"])
         else:
             kind = {"int": int, "float": float, "str": str}.get(f.type, f.type)
-            parser.add_argument(flag, type=kind, default=f.default, help=f.metadata["help"],
-                                choices=f.metadata.get("choices"))
+            # aliases: the official pix2pix code's names where ours differ
+            parser.add_argument(flag, *f.metadata.get("aliases", ()), dest=f.name, type=kind, default=f.default,
+                                help=f.metadata["help"], choices=f.metadata.get("choices"))
         if "off_flag" in f.metadata:  # the official code's boolean form: sets the field to 0
             parser.add_argument(f.metadata["off_flag"], dest=f.name, action="store_const", const=type(f.default)(0),
                                 default=argparse.SUPPRESS, help=f"the official boolean form of {flag} 0")

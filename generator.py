@@ -379,10 +379,11 @@ def load_generator_state(G: nn.Module, state: dict, source: str) -> nn.Module:
 # ----------------------------------------------------------------------------------------------------
 # Loading weights: our checkpoints, official files, and the official pretrained generators by name
 
-# The official pretrained pix2pix generators (<name>.pth on the pix2pix server) and the direction
-# their official test command passes: all are U-Net-256 with batch norm
+# The official pretrained pix2pix generators (<name>.pth on the pix2pix server, all U-Net-256 with batch
+# norm) and the --direction that reads their dataset's AB images the right way round: facades and
+# night2day hold the photo (facades) and the night scene (night2day) on the left
 PRETRAINED = {"sat2map": "AtoB", "map2sat": "BtoA", "facades_label2photo": "BtoA", "edges2shoes": "AtoB",
-              "edges2handbags": "AtoB", "day2night": "AtoB"}
+              "edges2handbags": "AtoB", "day2night": "BtoA"}
 PRETRAINED_URL = "http://efrosgans.eecs.berkeley.edu/pix2pix/models-pytorch/"
 URL_VARIABLE = "SAT2MAP_PRETRAINED_URL"  # a mirror (or a local server) serving <name>.pth
 # What rebuilds a generator: read from a checkpoint's config, else from its keys (an official file)
