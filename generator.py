@@ -306,7 +306,7 @@ def recognise(state: dict) -> dict:
     ResNet layout, whether its blocks hold dropout. Empty when the keys are of no known generator."""
     keys = set(state)
     if "model.model.0.weight" in keys:  # official U-Net: count the nesting levels
-        depth = max(k.count("3.model.") for k in keys if k.startswith("model.model.1.model.")) + 2
+        depth = max((k.count("3.model.") for k in keys if k.startswith("model.model.1.model.")), default=-2) + 2
         netG = {v: k for k, v in UNET_DOWNS.items()}.get(depth)
         first, last, inner = "model.model.0.weight", "model.model.3.weight", "model.model.1.model.1"
     elif "model.1.weight" in keys and "model.10.conv_block.1.weight" in keys:  # official ResNet
