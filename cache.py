@@ -21,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 import dataset
-from dataset import DataError, crop_flip, drop_bad
+from dataset import DataError, crop_flip, drop_bad, hw
 from utils import all_agree, available_ram, local_world_size
 
 # --data-cache auto keeps the decoded set in memory when it takes at most this share of the available RAM
@@ -30,12 +30,12 @@ from utils import all_agree, available_ram, local_world_size
 CACHE_SHARE = 0.5
 
 
-def choose(mode: str, n_pairs: int, size: int, device) -> tuple[str, str]:
+def choose(mode: str, n_pairs: int, size, device) -> tuple[str, str]:
     """--data-cache auto: memory when the decoded set fits comfortably (CACHE_SHARE), else the mapped
     file. Every process takes the same path. Returns (memory | disk | off, the reason)."""
     if mode != "auto":
         return mode, "--data-cache " + mode
-    need = n_pairs * 6 * size ** 2
+    need = n_pairs * 6 * hw(size)[0] * hw(size)[1]
     ram = available_ram() // local_world_size()
     fits = need <= CACHE_SHARE * ram
     why = f"{need / 1e9:.2f} GB decoded; {ram / 1e9:.1f} GB RAM available per process"
@@ -46,6 +46,11 @@ def choose(mode: str, n_pairs: int, size: int, device) -> tuple[str, str]:
     choice = "memory" if all_agree(fits, device) else "disk"
     return choice, f"auto: {why}; memory when at most {CACHE_SHARE:.0%} of both"
 
+def label(size) -> int | str:
+    """How a decode size (a side, or (h, w) with --preprocess) is written in cache names and footers."""
+    return size if isinstance(size, int) else "{}x{}".format(*hw(size))
+
+
 CACHE_MAGIC = b"SAT2MAP\x01"  # last 8 bytes of a complete mapped cache (format version 1)
 DECODE_CHUNK = 256  # pairs decoded before they are written out: bounds the build's memory (~125 MB at 286 px)
 
@@ -53,7 +58,7 @@ DECODE_CHUNK = 256  # pairs decoded before they are written out: bounds the buil
 def cache_key(pairs, size: int) -> str:
     """SHA-256 of the decode size and every file's name, size and mtime. Names are hashed as the bytes
     the file system holds (os.fsencode), so names that are not valid UTF-8 work too."""
-    h = hashlib.sha256(f"v1|{size}".encode())
+    h = hashlib.sha256(f"v1|{label(size)}".encode())
     for p in pairs:
         for f in (p.a, p.b):
             if f is not None:
@@ -103,12 +108,12 @@ def read_footer(path: Path, key: str, n: int, size: int) -> tuple[dict | None, s
             meta = json.loads(f.read(length))
     except (OSError, ValueError, UnicodeDecodeError) as e:
         return None, f"unreadable footer ({e})"
-    if not isinstance(meta, dict) or meta.get("key") != key or meta.get("size") != size or meta.get("pairs") != n:
+    if not isinstance(meta, dict) or meta.get("key") != key or meta.get("size") != label(size) or meta.get("pairs") != n:
         return None, "written for other files or another --load-size"
     skipped = meta.get("skipped")
     if not isinstance(skipped, list) or not all(isinstance(s, list) and len(s) == 2 for s in skipped):
         return None, "malformed footer"
-    expected = (n - len(skipped)) * 6 * size * size + length + 16
+    expected = (n - len(skipped)) * 6 * hw(size)[0] * hw(size)[1] + length + 16
     if total != expected:
         return None, f"{total} bytes, expected {expected}"
     return meta, ""
@@ -117,11 +122,11 @@ def read_footer(path: Path, key: str, n: int, size: int) -> tuple[dict | None, s
 def remove_stale(cache_dir: Path, size: int, keep: Path):
     """Older caches of this size, and temp files of builds on this host that died (pid gone); a build
     still running, here or on another host sharing the folder, is left alone."""
-    for old in cache_dir.glob(f"pairs-{size}-*.u8"):
+    for old in cache_dir.glob(f"pairs-{label(size)}-*.u8"):
         if old != keep:
             old.unlink(missing_ok=True)
     host = socket.gethostname()
-    for tmp in cache_dir.glob(f".pairs-{size}-*.tmp"):
+    for tmp in cache_dir.glob(f".pairs-{label(size)}-*.tmp"):
         rest, pid, _ = tmp.name.rsplit(".", 2)  # .<cache name>.<host>.<pid>.tmp; host names may hold dots
         if rest.endswith(f".{host}") and pid.isdigit() and not pid_alive(int(pid)):
             tmp.unlink(missing_ok=True)
@@ -140,7 +145,7 @@ def pid_alive(pid: int) -> bool:
 def build_mapped(pairs, size: int, key: str, path: Path, desc: str):
     """Stream the decoded pairs into a temp file next to path, add the footer, fsync and rename into
     place: a crash mid-build leaves only a temp file, never a cache that looks complete."""
-    need = len(pairs) * 6 * size * size
+    need = len(pairs) * 6 * hw(size)[0] * hw(size)[1]
     free = shutil.disk_usage(path.parent).free
     if need > free:
         raise DataError(f"{path.parent}: the decoded cache needs {need / 1e9:.1f} GB, {free / 1e9:.1f} GB is free "
@@ -149,7 +154,7 @@ def build_mapped(pairs, size: int, key: str, path: Path, desc: str):
     try:
         with open(tmp, "wb") as f:
             skipped = decode_stream(pairs, size, lambda x: f.write(x.numpy().tobytes()), desc)
-            footer = json.dumps({"key": key, "size": size, "pairs": len(pairs), "version": 1,
+            footer = json.dumps({"key": key, "size": label(size), "pairs": len(pairs), "version": 1,
                                  "skipped": [[i, why] for i, why in skipped]}).encode()
             f.write(footer + len(footer).to_bytes(8, "little") + CACHE_MAGIC)
             f.flush()
@@ -171,11 +176,12 @@ class CachedPairs:
     read-only into memory: built once by streaming, validated by its key on every open, shared by all
     processes of a node through the page cache, and never held in process memory as a whole."""
 
-    def __init__(self, pairs, size, cache_dir=None, skip_bad=False, desc="decode"):
+    def __init__(self, pairs, size, cache_dir=None, skip_bad=False, desc="decode", crop=None):
         where = pairs[0].a.parent if pairs else "data"
+        self.size, self.crop = size, crop or size  # decode size and jitter window, as in PILPairs
         self.mapped = cache_dir is not None
         if not self.mapped:
-            pixels, n = torch.empty((len(pairs), 6, size, size), dtype=torch.uint8), 0
+            pixels, n = torch.empty((len(pairs), 6, *hw(size)), dtype=torch.uint8), 0
 
             def put(x):
                 nonlocal n
@@ -188,7 +194,7 @@ class CachedPairs:
             return
         key = cache_key(pairs, size)
         cache_dir = Path(cache_dir)
-        path = cache_dir / f"pairs-{size}-{key[:16]}.u8"
+        path = cache_dir / f"pairs-{label(size)}-{key[:16]}.u8"
         meta, why = read_footer(path, key, len(pairs), size) if path.exists() else (None, "")
         if meta is None:
             if why:
@@ -201,11 +207,11 @@ class CachedPairs:
                 raise DataError(f"{path}: the cache just written does not read back ({why})")
         skipped = {i: why for i, why in meta["skipped"]}
         self.pairs = drop_bad(pairs, [(pairs[i].a, why) for i, why in skipped.items()], skip_bad, where)
-        self.pixels = torch.empty((0, 6, size, size), dtype=torch.uint8)
+        self.pixels = torch.empty((0, 6, *hw(size)), dtype=torch.uint8)
         if self.pairs:
             # mode "c": a private copy-on-write mapping, so torch gets a writable array without a copy;
             # nothing writes to it, so every page stays shared with the page cache
-            array = np.memmap(path, dtype=np.uint8, mode="c", shape=(len(self.pairs), 6, size, size))
+            array = np.memmap(path, dtype=np.uint8, mode="c", shape=(len(self.pairs), 6, *hw(size)))
             self.pixels = torch.from_numpy(array)
         self.path = path
 
@@ -216,8 +222,8 @@ class CachedPairs:
         self.pixels = self.pixels.to(device)
         return self
 
-    def batch(self, rows: torch.Tensor, crop: int) -> torch.Tensor:
-        """uint8 (B, 6, crop, crop) for plan rows (index, y, x, flip), on the pixels' device."""
+    def batch(self, rows: torch.Tensor, crop) -> torch.Tensor:
+        """uint8 (B, 6, crop, crop) (or crop (h, w)) for plan rows (index, y, x, flip), on the pixels' device."""
         return torch.stack([crop_flip(self.pixels[i], y, x, bool(f), crop) for i, y, x, f in rows.tolist()])
 
 

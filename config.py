@@ -14,6 +14,13 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from discriminator import NETD
+from generator import INIT_TYPES, NETG, size_multiple
+from losses import GAN_MODES, LR_POLICIES
+
+# --preprocess choices of the official code (data/base_dataset.py semantics; see dataset.preprocess_size)
+PREPROCESS = ("resize_and_crop", "crop", "scale_width", "scale_width_and_crop", "none")
+
 
 DEVICES = ["auto", "cpu", "cuda", "mps"]
 # The validation metrics of evaluate.py and which way is better: any of them can pick G_best.pt
@@ -34,8 +41,14 @@ class Config:
                          "data/<name> of a known dataset is downloaded when missing")
     direction: str = opt("AtoB", "AtoB: left/A (satellite) -> right/B (map); BtoA flips it",
                          choices=["AtoB", "BtoA"])
+    preprocess: str = opt("resize_and_crop", "resize_and_crop: resize both halves to --load-size square, then a "
+                          "random --crop-size crop; crop: crop only; scale_width: width to --load-size "
+                          "(aspect kept); scale_width_and_crop: that, then crop; none: keep the size, "
+                          "rounded to the nearest multiple --netG needs (official pix2pix semantics)",
+                          choices=list(PREPROCESS))
     load_size: int = opt(286, "jitter: resize both halves to this size ...")
     crop_size: int = opt(256, "... then take a random crop of this size (and a random flip)")
+    max_dataset_size: int = opt(0, "train on the first N training pairs of the sorted list (0: all)")
     flip: bool = opt(True, "random horizontal flip (--no-flip turns it off)")
     data_cache: str = opt("auto", "memory: decode and resize every pair once and jitter uint8 tensors "
                           "on the training device; disk: the same pixels in a file under DATA_ROOT/.cache, "
@@ -48,21 +61,37 @@ class Config:
     allow_data_change: bool = opt(False, "resume even though the number of training pairs changed "
                                   "(the data order then differs from an uninterrupted run)")
     # model
+    netG: str = opt("unet_256", "generator: the paper's U-Net-256, the official U-Net-128, or the official "
+                    "ResNet generator with 9 or 6 residual blocks", choices=list(NETG))
+    netD: str = opt("basic", "discriminator: basic is the paper's 70x70 PatchGAN; n_layers the same with "
+                    "--n-layers-D stride-2 layers; pixel a 1x1 PatchGAN", choices=list(NETD))
+    n_layers_D: int = opt(3, "stride-2 layers of the n_layers discriminator")
     ngf: int = opt(64, "generator width (filters in its first layer)")
     ndf: int = opt(64, "discriminator width (filters in its first layer)")
-    norm: str = opt("batch", "normalisation layer", choices=["batch", "instance"])
-    dropout: float = opt(0.5, "dropout in the 3 innermost skip decoder blocks")
+    norm: str = opt("batch", "normalisation layer of G and D", choices=["batch", "instance", "none"])
+    dropout: float = opt(0.5, "dropout in the U-Net's decoder blocks next to the innermost one (3 for "
+                         "unet_256, 2 for unet_128) or in every residual block of a ResNet generator "
+                         "(--no-dropout: 0, none at all)", off_flag="--no-dropout")
+    init_type: str = opt("normal", "weight initialisation of G and D", choices=list(INIT_TYPES))
+    init_gain: float = opt(0.02, "scale of the normal, xavier and orthogonal initialisations")
     sync_bn: bool = opt(False, "SyncBatchNorm across processes under torchrun")
     # optimisation
     batch_size: int = opt(1, "images per optimizer step and process")
     lr: float = opt(2e-4, "Adam learning rate")
     beta1: float = opt(0.5, "Adam beta1")
     beta2: float = opt(0.999, "Adam beta2")
-    lambda_l1: float = opt(100.0, "weight of the L1 term in the generator loss")
-    gan_mode: str = opt("vanilla", "vanilla: BCE with logits; lsgan: least squares",
-                        choices=["vanilla", "lsgan"])
-    epochs: int = opt(100, "epochs at the initial learning rate")
-    epochs_decay: int = opt(100, "further epochs with the learning rate decaying linearly to 0")
+    lambda_l1: float = opt(100.0, "weight of the L1 term in the generator loss", aliases=["--lambda-L1"])
+    gan_mode: str = opt("vanilla", "vanilla: BCE with logits; lsgan: least squares; wgangp: Wasserstein "
+                        "loss with the gradient penalty", choices=list(GAN_MODES))
+    lambda_gp: float = opt(10.0, "weight of the WGAN-GP gradient penalty with --gan-mode wgangp (0: the "
+                           "official pix2pix model's plain WGAN loss, no penalty)")
+    epochs: int = opt(100, "epochs at the initial learning rate", aliases=["--n-epochs"])
+    epochs_decay: int = opt(100, "further epochs with the learning rate decaying linearly to 0",
+                            aliases=["--n-epochs-decay"])
+    lr_policy: str = opt("linear", "linear: the paper's schedule above; step: x0.1 every --lr-decay-iters "
+                         "epochs; plateau: x0.2 after 5 epochs without a 1%% better mean L1 loss; cosine: "
+                         "cosine annealing to 0 over --epochs epochs", choices=list(LR_POLICIES))
+    lr_decay_iters: int = opt(50, "epochs between decays of --lr-policy step")
     max_steps: int = opt(0, "stop after this many optimizer steps in total (0: no limit)")
     seed: int = opt(0, "seed of weights, data order, jitter and dropout")
     # speed
@@ -99,8 +128,14 @@ class Config:
         self.name = self.name or Path(self.data_root).resolve().name or "run"
         self.run_dir = self.run_dir or f"weights/{self.name}"
         checks = {
-            "--load-size": self.load_size >= self.crop_size,
-            "--crop-size": self.crop_size >= 256 and self.crop_size % 256 == 0,
+            "--load-size": self.load_size >= self.crop_size or self.preprocess not in ("resize_and_crop", "scale_width_and_crop"),
+            "--crop-size": self.crop_size >= size_multiple(self.netG) and self.crop_size % size_multiple(self.netG) == 0,
+            "--max-dataset-size": self.max_dataset_size >= 0,
+            "--n-layers-D": 1 <= self.n_layers_D <= 8,
+            "--init-gain": math.isfinite(self.init_gain) and self.init_gain > 0,
+            "--lambda-gp": math.isfinite(self.lambda_gp) and self.lambda_gp >= 0,
+            "--lr-decay-iters": self.lr_decay_iters >= 1,
+            "--lr-policy": self.lr_policy != "cosine" or self.epochs >= 1,
             "--batch-size": self.batch_size >= 1,
             "--epochs": self.epochs >= 0 and self.epochs_decay >= 0 and self.epochs + self.epochs_decay > 0,
             "--max-steps": self.max_steps >= 0,
@@ -118,7 +153,13 @@ class Config:
         }
         expected = {
             "--load-size": f"at least --crop-size ({self.crop_size})",
-            "--crop-size": "a multiple of 256 (the U-Net halves the size 8 times)",
+            "--crop-size": f"a multiple of {size_multiple(self.netG)} (what --netG {self.netG} divides)",
+            "--max-dataset-size": "0 (all pairs) or a positive count",
+            "--n-layers-D": "1 to 8 layers",
+            "--init-gain": "a positive scale",
+            "--lambda-gp": "a weight >= 0",
+            "--lr-decay-iters": "at least 1 epoch",
+            "--lr-policy": "cosine anneals over --epochs, which must be at least 1",
             "--batch-size": "at least 1",
             "--epochs": "--epochs and --epochs-decay >= 0, not both 0",
             "--max-steps": "0 (no limit) or a positive step count",
@@ -146,7 +187,13 @@ class Config:
 
 
 # Settings that fix the shape of the networks: a checkpoint only continues under the same values.
-ARCH_FIELDS = ("ngf", "ndf", "norm", "dropout")
+ARCH_FIELDS = ("netG", "netD", "n_layers_D", "ngf", "ndf", "norm", "dropout")
+
+
+def saved_arch(saved: dict, key: str):
+    """A checkpoint's value of an ARCH_FIELDS key; checkpoints from before the key was added hold the
+    default, which was then the only choice."""
+    return saved.get(key, Config.__dataclass_fields__[key].default)
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -191,7 +238,8 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}{'; ' if hints else ''}{' '.join(hints)} (see --help)\n")
 
 
-WEIGHTS_HELP = ("G.pt, last.pt or G_best.pt of a run, an official pix2pix .pth, or sat2map / map2sat "
+WEIGHTS_HELP = ("G.pt, last.pt or G_best.pt of a run, an official pix2pix *_net_G.pth (any --netG), or an official "
+                "pretrained name: sat2map, map2sat, facades_label2photo, edges2shoes, edges2handbags, day2night "
                 "(downloaded once into weights/)")
 
 
@@ -214,8 +262,12 @@ def build_parser(cls=Config, description=None) -> Parser:
                                 help=f.metadata["help"])
         else:
             kind = {"int": int, "float": float, "str": str}.get(f.type, f.type)
-            parser.add_argument(flag, type=kind, default=f.default, help=f.metadata["help"],
-                                choices=f.metadata.get("choices"))
+            # aliases: the official pix2pix code's names where ours differ
+            parser.add_argument(flag, *f.metadata.get("aliases", ()), dest=f.name, type=kind, default=f.default,
+                                help=f.metadata["help"], choices=f.metadata.get("choices"))
+        if "off_flag" in f.metadata:  # the official code's boolean form: sets the field to 0
+            parser.add_argument(f.metadata["off_flag"], dest=f.name, action="store_const", const=type(f.default)(0),
+                                default=argparse.SUPPRESS, help=f"the official boolean form of {flag} 0")
     return parser
 
 

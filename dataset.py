@@ -178,49 +178,120 @@ def load_rgb(path: Path, max_pixels: int | None = MAX_PIXELS) -> Image.Image:
         raise DataError(f"{path}: cannot decode ({first_line(e, 120)})") from None
 
 
-def decode_pair(pair: Pair, size: int) -> torch.Tensor:
-    """One pair as uint8 (6, size, size): A then B, each resized (bicubic) to size x size."""
+def hw(size) -> tuple[int, int]:
+    """(height, width) of a size given as one side (a square) or as (height, width)."""
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def decode_pair(pair: Pair, size) -> torch.Tensor:
+    """One pair as uint8 (6, H, W): A then B, each resized (bicubic) to size, a side (square) or
+    (H, W); a half already of that size is kept as it is."""
     img = load_rgb(pair.a)
     if pair.b is None:
         w, h = img.size
         halves = [img.crop((0, 0, w // 2, h)), img.crop((w // 2, 0, w // 2 * 2, h))]
     else:
         halves = [img, load_rgb(pair.b)]
-    arrays = [np.asarray(x.resize((size, size), Image.BICUBIC)) for x in halves]
+    height, width = hw(size)
+    arrays = [np.asarray(x.resize((width, height), Image.BICUBIC)) for x in halves]
     return torch.from_numpy(np.concatenate(arrays, axis=2)).permute(2, 0, 1).contiguous()
 
 
-def crop_flip(pixels: torch.Tensor, y: int, x: int, flip: bool, crop: int) -> torch.Tensor:
-    """The paper's jitter on uint8 (..., 6, S, S): a crop x crop window at (y, x), mirrored if flip."""
-    out = pixels[..., y:y + crop, x:x + crop]
+def crop_flip(pixels: torch.Tensor, y: int, x: int, flip: bool, crop) -> torch.Tensor:
+    """The paper's jitter on uint8 (..., 6, H, W): a crop window (a side, or (h, w)) at (y, x),
+    mirrored if flip."""
+    ch, cw = hw(crop)
+    out = pixels[..., y:y + ch, x:x + cw]
     return out.flip(-1) if flip else out
 
 
-def jitter_plan(n: int, seed: int, epoch: int, load: int, crop: int, flip: bool) -> torch.Tensor:
+def jitter_plan(n: int, seed: int, epoch: int, load, crop, flip: bool) -> torch.Tensor:
     """Data order and jitter of one epoch as rows (index, y, x, flip): a pure function of
-    (seed, epoch), so a resumed run needs only the step count to continue the same stream."""
+    (seed, epoch), so a resumed run needs only the step count to continue the same stream. load and
+    crop are sides or (h, w); load None (pairs of differing sizes) draws offsets from [0, 2^30), which
+    PILPairs reduces to each pair's own range."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     order = torch.randperm(n, generator=g)
-    offsets = torch.randint(0, load - crop + 1, (n, 2), generator=g)
+    if load is None:
+        offsets = torch.randint(0, 2 ** 30, (n, 2), generator=g)
+    else:
+        (lh, lw), (ch, cw) = hw(load), hw(crop)
+        if lh - ch == lw - cw:
+            offsets = torch.randint(0, lh - ch + 1, (n, 2), generator=g)
+        else:
+            offsets = torch.stack([torch.randint(0, lh - ch + 1, (n,), generator=g),
+                                   torch.randint(0, lw - cw + 1, (n,), generator=g)], 1)
     flips = (torch.rand(n, generator=g) < 0.5) & flip
     return torch.cat([order[:, None], offsets, flips[:, None].long()], 1)
 
 
+# ----------------------------------------------------------------------------------------------------
+# --preprocess: the official code's resize/crop modes (data/base_dataset.py), as a decode size and a
+# crop window per pair. resize_and_crop, the paper's, is a fixed square and needs no header reads.
+
+
+def half_size(pair: Pair) -> tuple[int, int]:
+    """(width, height) of the pair's A half as load_rgb shows it (EXIF orientation applied)."""
+    with Image.open(pair.a) as img:
+        w, h = img.size
+        if img.getexif().get(0x0112) in ROTATED:
+            w, h = h, w
+    return (w // 2, h) if pair.b is None else (w, h)
+
+
+def nearest_multiple(x: float, m: int) -> int:
+    return max(m, int(round(x / m)) * m)
+
+
+def preprocess_size(pair: Pair, mode: str, load: int, crop: int, multiple: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(decode size, crop window), each (h, w), of one pair under --preprocess mode. scale_width sets
+    the width to load and the height by the aspect (at least crop); none keeps the size. Without a crop
+    the result is rounded to the nearest multiple the generator needs (the official code rounds to 4)."""
+    w, h = half_size(pair)
+    if mode == "resize_and_crop":
+        return (load, load), (crop, crop)
+    if mode.startswith("scale_width") and not (w == load and h >= crop):
+        w, h = load, int(max(load * h / w, crop))
+    if "crop" in mode:
+        if min(w, h) < crop:
+            raise DataError(f"{pair.a}: {w}x{h} per half is smaller than --crop-size {crop} "
+                            f"(--preprocess {mode} crops without resizing)")
+        return (h, w), (crop, crop)
+    size = (nearest_multiple(h, multiple), nearest_multiple(w, multiple))
+    return size, size
+
+
+def preprocess_plan(pairs: list[Pair], mode: str, load: int, crop: int, multiple: int):
+    """(decode size, crop window) shared by every pair, or (None, None) when they differ (then each
+    pair is decoded on its own; see PILPairs)."""
+    if mode == "resize_and_crop":
+        return load, crop
+    sizes = {preprocess_size(p, mode, load, crop, multiple) for p in pairs}
+    return sizes.pop() if len(sizes) == 1 else (None, None)
+
+
 class PILPairs(torch.utils.data.Dataset):
     """The PIL path: decode and resize on every access (in DataLoader workers).
-    Keys are (index, y, x, flip) rows of a jitter plan; plain indices give unjittered pairs."""
+    Keys are (index, y, x, flip) rows of a jitter plan; plain indices give unjittered pairs.
+    size None: each pair's own decode size and window from sizer(pair); the plan's offsets are then
+    reduced to the pair's range."""
 
-    def __init__(self, pairs, size, crop=None):
-        self.pairs, self.size, self.crop = pairs, size, crop or size
+    def __init__(self, pairs, size, crop=None, sizer=None):
+        self.pairs, self.size, self.crop, self.sizer = pairs, size, crop or size, sizer
 
     def __len__(self):
         return len(self.pairs)
 
     def __getitem__(self, key):
+        i = key if isinstance(key, int) else int(key[0])
+        size, crop = (self.size, self.crop) if self.size is not None else self.sizer(self.pairs[i])
         if isinstance(key, int):
-            return decode_pair(self.pairs[key], self.size)
-        i, y, x, flip = (int(v) for v in key)
-        return crop_flip(decode_pair(self.pairs[i], self.size), y, x, bool(flip), self.crop)
+            return decode_pair(self.pairs[i], size)
+        _, y, x, flip = (int(v) for v in key)
+        if self.size is None:
+            (lh, lw), (ch, cw) = hw(size), hw(crop)
+            y, x = y % (lh - ch + 1), x % (lw - cw + 1)
+        return crop_flip(decode_pair(self.pairs[i], size), y, x, bool(flip), crop)
 
 
 # ----------------------------------------------------------------------------------------------------

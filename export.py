@@ -2,10 +2,10 @@
 
     python export.py --weights weights/maps/G.pt --out sat2map.onnx
 
-Batch, height and width are dynamic; height and width must be multiples of 256. PyTorch's exporter
-(torch.export, then onnxscript) traces the generator on --device. The exported model is run with
-onnxruntime on a random input (--seed) and compared with PyTorch float32 on the CPU before the
-command succeeds.
+Batch, height and width are dynamic; height and width must be multiples of 256 (128 for unet_128, 4 for
+the ResNet generators). PyTorch's exporter (torch.export, then onnxscript) traces the generator on
+--device. The exported model is run with onnxruntime on a random input (--seed) and compared with
+PyTorch float32 on the CPU before the command succeeds.
 """
 import os
 import sys

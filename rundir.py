@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 import plots
-from config import ARCH_FIELDS, Config
+from config import ARCH_FIELDS, Config, saved_arch
 from utils import InputError, atomic_save, atomic_write_text, first_line, safe_load, save_grid, set_rng_state
 
 # ----------------------------------------------------------------------------------------------------
@@ -60,8 +60,8 @@ def check_complete(ckpt: dict, path, state: dict | None = None):
 def check_architecture(ckpt: dict, cfg: Config, path):
     """The checkpoint was trained with the architecture the flags ask for."""
     saved = ckpt["config"] if isinstance(ckpt["config"], dict) else {}
-    diff = [f"--{k.replace('_', '-')} {saved.get(k)} in the checkpoint, {getattr(cfg, k)} now"
-            for k in ARCH_FIELDS if saved.get(k) != getattr(cfg, k)]
+    diff = [f"--{k.replace('_', '-')} {saved_arch(saved, k)} in the checkpoint, {getattr(cfg, k)} now"
+            for k in ARCH_FIELDS if saved_arch(saved, k) != getattr(cfg, k)]
     if diff:
         raise InputError(f"{path}: checkpoint architecture differs from the flags: {'; '.join(diff)} "
                          f"(pass the checkpoint's values, or a new --run-dir)")

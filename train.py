@@ -15,6 +15,7 @@ import copy
 import signal
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -30,8 +31,9 @@ import evaluate
 import fid
 import rundir
 from config import METRIC_GOALS, Config, parse_config
-from discriminator import Discriminator
-from generator import Generator, init_weights, inference
+from discriminator import define_D
+from generator import define_G, inference, init_weights, size_multiple
+from losses import gan_loss, gradient_penalty, make_scheduler
 from rundir import RunDir
 from utils import (InputError, all_agree, amp_dtype, broadcast_buffers, gather_objects, init_distributed,
                    local_rank, pick_device, protect_output, rng_state, run_command, seed_everything,
@@ -42,19 +44,6 @@ STOP_EVERY = 10
 
 # ----------------------------------------------------------------------------------------------------
 # Helpers
-
-
-def gan_loss(pred: torch.Tensor, real: bool, mode: str) -> torch.Tensor:
-    """Vanilla GAN (BCE on logits) or LSGAN (MSE) against an all-real or all-fake target."""
-    target = torch.ones_like(pred) if real else torch.zeros_like(pred)
-    if mode == "lsgan":
-        return F.mse_loss(pred, target)
-    return F.binary_cross_entropy_with_logits(pred, target)
-
-
-def lr_lambda(cfg: Config):
-    """Constant for cfg.epochs epochs, then linear towards 0 over cfg.epochs_decay epochs (official rule)."""
-    return lambda epoch: 1.0 - max(0, epoch + 1 - cfg.epochs) / float(cfg.epochs_decay + 1)
 
 
 def to_pair(batch: torch.Tensor, cfg: Config, device, memory_format):
@@ -75,7 +64,7 @@ def load_data(cfg: Config, rank: int, device):
     if dist.is_initialized():
         dist.barrier()  # the others wait for their node's download
     full_scan = cfg.data_cache == "off"  # the cache build decodes everything anyway
-    pairs = dataset.open_split(root, "train", cfg.skip_bad, full=full_scan)
+    pairs = dataset.open_split(root, "train", cfg.skip_bad, full=full_scan)[:cfg.max_dataset_size or None]
     try:
         val_pairs = dataset.open_split(root, "val" if (root / "val").is_dir() else "train", True, full=False)
     except dataset.DataError as e:
@@ -83,11 +72,17 @@ def load_data(cfg: Config, rank: int, device):
             raise dataset.DataError(f"{e}; validation needs it: fix it, or pass --no-validate (sample grids "
                                     f"then show training pairs)") from None
         val_pairs = pairs
-    where, why = cache.choose(cfg.data_cache, len(pairs), cfg.load_size, device)
+    size, crop = dataset.preprocess_plan(pairs, cfg.preprocess, cfg.load_size, cfg.crop_size, size_multiple(cfg.netG))
+    if size is None and cfg.batch_size > 1:
+        raise InputError(f"--preprocess {cfg.preprocess}: the pairs of {root / 'train'} come out in differing "
+                         f"sizes, which cannot share a batch: use --batch-size 1 or another --preprocess")
+    where, why = cache.choose(cfg.data_cache, len(pairs), size, device) if size else ("off", "pairs of differing sizes")
     if rank == 0:
         print(f"data cache: {where} ({why})")
     if where == "off":
-        train = dataset.PILPairs(pairs, cfg.load_size, cfg.crop_size)
+        sizer = partial(dataset.preprocess_size, mode=cfg.preprocess, load=cfg.load_size, crop=cfg.crop_size,
+                        multiple=size_multiple(cfg.netG))
+        train = dataset.PILPairs(pairs, size, crop, sizer)
     else:
         cache_dir = root / ".cache" / "train" if where == "disk" else None
         # one build per node, the node's other processes then map what it wrote; in memory each
@@ -96,7 +91,7 @@ def load_data(cfg: Config, rank: int, device):
         builder = local_rank() == 0
         if shared and not builder:
             dist.barrier()
-        train = cache.CachedPairs(pairs, cfg.load_size, cache_dir, cfg.skip_bad)
+        train = cache.CachedPairs(pairs, size, cache_dir, cfg.skip_bad, crop=crop)
         if shared and builder:
             dist.barrier()
     return train, val_pairs
@@ -152,7 +147,7 @@ def epoch_batches(train, rows: torch.Tensor, cfg: Config, device):
     """uint8 batches on device for this process's plan rows (steps, B, 4), decoded in workers on the PIL
     path; each copied to the GPU from pinned memory while the step before it runs (cache.prefetch)."""
     if isinstance(train, cache.CachedPairs):
-        return cache.prefetch((train.batch(r, cfg.crop_size) for r in rows), device)
+        return cache.prefetch((train.batch(r, train.crop) for r in rows), device)
     return cache.prefetch(iter(torch.utils.data.DataLoader(
         train, batch_sampler=[[tuple(k) for k in r.tolist()] for r in rows],
         num_workers=cfg.workers, pin_memory=device.type == "cuda")), device)
@@ -203,6 +198,8 @@ def gan_step(G_train, D_train, D, opt_G, opt_D, scaler, real_A, real_B, cfg: Con
         real_B_D = torch.empty_like(fake_B).copy_(real_B)
         loss_D_real = gan_loss(D_train(real_A, real_B_D).float(), True, cfg.gan_mode)
         loss_D = 0.5 * (loss_D_fake + loss_D_real)  # halved: D learns slower than G (paper 3.3)
+        if cfg.gan_mode == "wgangp" and cfg.lambda_gp > 0:
+            loss_D = loss_D + gradient_penalty(D, real_A, real_B, fake_B, cfg.lambda_gp)
     opt_D.zero_grad(set_to_none=True)
     scaler.scale(loss_D).backward()
     scaler.step(opt_D)
@@ -227,16 +224,15 @@ def build_state(cfg: Config, device, rank: int, world: int, dtype, memory_format
     exactly as the paper sets them. This dict is the training state: last.pt holds the state_dict of
     each object in it (rundir.checkpoint), so adding state is one line here."""
     torch.manual_seed(cfg.seed)  # same initial weights on every process
-    G = init_weights(Generator(3, 3, cfg.ngf, cfg.norm, cfg.dropout)).to(device)
-    D = init_weights(Discriminator(6, cfg.ndf, cfg.norm)).to(device)
+    G = init_weights(define_G(cfg.netG, cfg.ngf, cfg.norm, cfg.dropout), cfg.init_type, cfg.init_gain).to(device)
+    D = init_weights(define_D(cfg.netD, cfg.ndf, cfg.n_layers_D, cfg.norm), cfg.init_type, cfg.init_gain).to(device)
     seed_everything(cfg.seed + rank)  # then a dropout stream of its own per process
     if cfg.sync_bn and world > 1:
         G, D = (nn.SyncBatchNorm.convert_sync_batchnorm(m) for m in (G, D))
     G, D = G.to(memory_format=memory_format), D.to(memory_format=memory_format)
     adam = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=device.type in ("cpu", "cuda") or None)
     opt_G, opt_D = torch.optim.Adam(G.parameters(), **adam), torch.optim.Adam(D.parameters(), **adam)
-    sched_G = torch.optim.lr_scheduler.LambdaLR(opt_G, lr_lambda(cfg))
-    sched_D = torch.optim.lr_scheduler.LambdaLR(opt_D, lr_lambda(cfg))
+    sched_G, sched_D = make_scheduler(opt_G, cfg), make_scheduler(opt_D, cfg)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     return {"G": G, "D": D, "opt_G": opt_G, "opt_D": opt_D, "sched_G": sched_G, "sched_D": sched_D,
             "scaler": scaler, "best": BestMetric(cfg.best_metric)}
@@ -268,7 +264,7 @@ def resolved_settings(device, dtype, memory_format, world: int, train) -> dict:
 def epoch_plan(train, epoch: int, steps_per_epoch: int, world: int, cfg: Config) -> torch.Tensor:
     """The epoch's shuffled order and jitter as (steps, process, batch, 4) rows: a pure function of
     (seed, epoch, number of pairs, number of processes), so the step says where the data stream is."""
-    plan = dataset.jitter_plan(len(train), cfg.seed, epoch, cfg.load_size, cfg.crop_size, cfg.flip)
+    plan = dataset.jitter_plan(len(train), cfg.seed, epoch, train.size, train.crop, cfg.flip)
     return plan[: steps_per_epoch * cfg.batch_size * world].view(steps_per_epoch, world, cfg.batch_size, 4)
 
 
@@ -385,10 +381,13 @@ def fit(cfg: Config, stop: StopFlag):
         plan = epoch_plan(train, epoch, steps_per_epoch, world, cfg)
         for batch in epoch_batches(train, plan[first:, rank], cfg, device):
             real_A, real_B = to_pair(batch, cfg, device, memory_format)
-            meter.add(*gan_step(G_train, D_train, D, opt_G, opt_D, state["scaler"], real_A, real_B, cfg, dtype,
-                                device))
+            losses = gan_step(G_train, D_train, D, opt_G, opt_D, state["scaler"], real_A, real_B, cfg, dtype, device)
+            meter.add(*losses)
             step += 1
             bar.update(1)
+            if cfg.lr_policy == "plateau":  # its metric: the epoch's mean L1 loss
+                state["sched_G"].observe(losses[2])
+                state["sched_D"].observe(losses[2])
             if step % steps_per_epoch == 0:
                 state["sched_G"].step()
                 state["sched_D"].step()
