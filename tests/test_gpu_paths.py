@@ -236,7 +236,7 @@ def test_prefetch_keeps_the_stream_and_pins_nothing_for_the_cpu(tmp_path, monkey
     cfg = Config(workers=0, batch_size=1)
     rows = torch.tensor([[[0, 0, 0, 0]], [[1, 30, 30, 1]]])  # (steps, B, (index, y, x, flip))
     via_loader = list(train_mod.epoch_batches(dataset.PILPairs(pairs, 286, 256), rows, cfg, torch.device("cpu")))
-    from_cache = list(train_mod.epoch_batches(cache.CachedPairs(pairs, 286), rows, cfg, torch.device("cpu")))
+    from_cache = list(train_mod.epoch_batches(cache.CachedPairs(pairs, 286, crop=256), rows, cfg, torch.device("cpu")))
     assert loaders[0]["pin_memory"] is False
     assert [b.shape for b in via_loader] == [b.shape for b in from_cache] == [(1, 6, 256, 256)] * 2
     assert all(torch.equal(a, b) for a, b in zip(via_loader, from_cache))
