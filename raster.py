@@ -357,17 +357,18 @@ def ground_scale(ds, gsd: float, path) -> float:
     return res / gsd
 
 
-def predict_file(G, path: Path, out_dir: Path, opts: Options, progress: bool = True) -> Path:
-    """Translate one input into out_dir; returns the written file. Bad input raises InputError."""
+def predict_file(G, path: Path, out_dir: Path, opts: Options, progress=True) -> Path:
+    """Translate one input into out_dir; returns the written file. Bad input raises InputError.
+    progress: True for a tile bar, or a callable progress(done_tiles, total_tiles) (see Engine.run)."""
     if is_picture(path):
-        return predict_picture(G, path, out_dir, opts)
+        return predict_picture(G, path, out_dir, opts, progress)
     with rasterio_env():
         ds = open_raster(path)
         with ds:
             return predict_raster(G, ds, path, out_dir, opts, progress)
 
 
-def predict_picture(G, path: Path, out_dir: Path, opts: Options) -> Path:
+def predict_picture(G, path: Path, out_dir: Path, opts: Options, progress=False) -> Path:
     """A PNG/JPEG decoded whole as uint8 (PIL), translated by the same engine, saved as PNG (or TIFF)."""
     from PIL import Image
     from utils import save_image
@@ -382,11 +383,11 @@ def predict_picture(G, path: Path, out_dir: Path, opts: Options) -> Path:
         raise InputError(f"{path}: the output would overwrite the input; choose another --out")
     if fmt == "png":
         sink = ArraySink(img.height, img.width)
-        opts.engine.run(G, source, sink)
+        opts.engine.run(G, source, sink, progress)
         save_image(Image.fromarray(sink.out), out)
         return out
     with rasterio_env():
-        return write_via_tiff(G, source, out, "tif", opts.engine, None, None)
+        return write_via_tiff(G, source, out, "tif", opts.engine, None, None, progress=progress)
 
 
 def write_via_tiff(G, source, out: Path, fmt: str, engine: Engine, crs, transform, alpha=False,

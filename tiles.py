@@ -90,8 +90,9 @@ class Engine:
     tta: bool = False
     block: int = 4096
 
-    def run(self, G, source, sink, progress: bool = False) -> int:
-        """Translate source into sink; returns the number of valid output pixels."""
+    def run(self, G, source, sink, progress=False) -> int:
+        """Translate source into sink; returns the number of valid output pixels. progress: True for a
+        tqdm bar, or a callable progress(done_tiles, total_tiles) called after each tile row."""
         H, W, t = source.height, source.width, self.tile
         ys, xs = tile_starts(max(H, t), t, self.overlap), tile_starts(max(W, t), t, self.overlap)
         device = next(G.parameters()).device
@@ -99,8 +100,10 @@ class Engine:
         blocks = [(x0, min(W, x0 + self.block)) for x0 in range(0, W, self.block)]
         cols = [[x for x in xs if x < x1 and x + t > x0] for x0, x1 in blocks]
         total = len(ys) * sum(map(len, cols))
-        bar = tqdm(total=total, desc="tiles", unit="tile", leave=False, disable=not progress or total < SHOW_TILES)
-        valid_pixels, pixels, start = 0, 0, time.perf_counter()
+        report = progress if callable(progress) else None
+        bar = tqdm(total=total, desc="tiles", unit="tile", leave=False,
+                   disable=report is not None or not progress or total < SHOW_TILES)
+        valid_pixels, pixels, done_tiles, start = 0, 0, 0, time.perf_counter()
         with inference(G, paper=self.paper, seed=self.seed):
             for (x0, x1), block_cols in zip(blocks, cols):
                 cx0, cx1 = block_cols[0], block_cols[-1] + t
@@ -112,6 +115,9 @@ class Engine:
                     valid = valid[0] > 0.5
                     self._accumulate(G, image.to(device), valid.to(device), y, cx0, block_cols, acc, weight, win)
                     bar.update(len(block_cols))
+                    done_tiles += len(block_cols)
+                    if report is not None:
+                        report(done_tiles, total)
                     end = ys[r + 1] if r + 1 < len(ys) else H  # rows above `end` get no more tiles
                     rows, span = slice(0, end - y), slice(x0 - cx0, x1 - cx0)
                     w = weight[:, rows, span]
