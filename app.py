@@ -278,7 +278,7 @@ def launch(demo: gr.Blocks, host="127.0.0.1", port=None, max_upload_mb=200, bloc
     """Start the server (Gradio prints its URL); returns (app, local url). block=False returns at
     once, for tests and notebooks (demo.close() stops it)."""
     _, url, _ = demo.launch(server_name=host, server_port=port, max_file_size=f"{max_upload_mb}mb",
-                            prevent_thread_lock=not block, show_error=True, theme=THEME, css=CSS,
+                            prevent_thread_lock=not block, inline=False, show_error=True, theme=THEME, css=CSS,
                             quiet=not block)
     return url
 
