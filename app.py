@@ -37,6 +37,8 @@ THEME = gr.themes.Soft(primary_hue="teal")
 CSS = """
 #title {text-align: center}
 #status {min-height: 1.5em}
+#map_png .empty, #map_tif .empty {min-height: 4rem !important; height: 4rem}
+#map_png .empty .icon, #map_tif .empty .icon {display: none}
 """
 
 
@@ -256,7 +258,8 @@ def build_app(weights: str | None = None, weights_dir: Path | str = "weights", d
                 button = gr.Button("Translate", variant="primary")
                 tiles = example_tiles(None if examples is None else Path(examples))
                 if tiles:
-                    gr.Examples([[t] for t in tiles], inputs=[image], label="Examples (validation tiles)")
+                    gr.Examples([[t] for t in tiles], inputs=[image], label="Examples (validation tiles)",
+                                example_labels=[Path(t).stem for t in tiles])
                     image.keep_in_cache.update(tiles)  # the cache clean-up must not take the examples
             with gr.Column(scale=3):
                 slider = gr.ImageSlider(label="Before / after", type="filepath", format="png",
@@ -264,7 +267,7 @@ def build_app(weights: str | None = None, weights_dir: Path | str = "weights", d
                 status = gr.Markdown("", label="Status", elem_id="status")
                 with gr.Row():
                     png_out = gr.File(label="Map (PNG)", elem_id="map_png")
-                    tif_out = gr.File(label="Map (Cloud-Optimized GeoTIFF)")
+                    tif_out = gr.File(label="Map (Cloud-Optimized GeoTIFF)", elem_id="map_tif")
                 with gr.Accordion("The map alone", open=False):
                     map_out = gr.Image(label="Map", type="filepath", format="png", elem_id="map")
         inputs = [image, mode_in, seed_in, tta_in, scale_in, gsd_in, bands_in, stretch_in, range_in, weights_in]

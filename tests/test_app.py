@@ -74,8 +74,10 @@ def run_predict(weights, src, out, *flags) -> Path:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
+    """The app on a free local port with a tiny random generator, or $SAT2MAP_APP_WEIGHTS (a trained
+    G.pt, for the docs screenshot: see test_page_in_a_real_browser)."""
     root = tmp_path_factory.mktemp("app")
-    weights = tiny_generator(root / "weights" / "tiny" / "G.pt")
+    weights = os.environ.get("SAT2MAP_APP_WEIGHTS") or tiny_generator(root / "weights" / "tiny" / "G.pt")
     examples = SHARED_SAMPLE if SHARED_SAMPLE.is_dir() else None
     demo = app.build_app(str(weights), root / "weights", "cpu", examples, MAX_MEGAPIXELS, queue=8)
     url = app.launch(demo, port=free_port(), block=False)
@@ -157,7 +159,8 @@ def test_bad_uploads_get_a_message_and_the_server_keeps_serving(client, tmp_path
 
 def test_page_in_a_real_browser(server, tmp_path):
     """Headless Chromium uploads a sample, presses Translate and waits for the map; the screenshot goes
-    to $SAT2MAP_SCREENSHOT (docs/app.png is made this way) or the test's folder."""
+    to $SAT2MAP_SCREENSHOT or the test's folder. docs/app.png: SAT2MAP_APP_WEIGHTS=weights/maps/G.pt
+    SAT2MAP_SCREENSHOT=docs/app.png python -m pytest tests/test_app.py -k browser"""
     sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (Python package)")
     if not shutil.which(CHROMIUM):
         pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium, or set SAT2MAP_CHROMIUM)")
