@@ -3,6 +3,8 @@ with a message and keeps serving, and works in a real browser. One server is sha
 import os
 import shutil
 import socket
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
@@ -17,6 +19,7 @@ gr = pytest.importorskip("gradio", reason="the app needs gradio (pip install -r 
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
+from gradio_client.utils import QueueError  # noqa: E402
 
 import app  # noqa: E402
 import predict  # noqa: E402
@@ -25,6 +28,8 @@ CHROMIUM = os.environ.get("SAT2MAP_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
                   "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 MAX_MEGAPIXELS = 1  # the server's PNG/JPEG limit in these tests
+MAX_UPLOAD_MB = 4
+QUEUE = 4
 
 
 def free_port() -> int:
@@ -79,8 +84,8 @@ def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("app")
     weights = os.environ.get("SAT2MAP_APP_WEIGHTS") or tiny_generator(root / "weights" / "tiny" / "G.pt")
     examples = SHARED_SAMPLE if SHARED_SAMPLE.is_dir() else None
-    demo = app.build_app(str(weights), root / "weights", "cpu", examples, MAX_MEGAPIXELS, queue=8)
-    url = app.launch(demo, port=free_port(), block=False)
+    demo = app.build_app(str(weights), root / "weights", "cpu", examples, MAX_MEGAPIXELS, queue=QUEUE)
+    url = app.launch(demo, port=free_port(), max_upload_mb=MAX_UPLOAD_MB, block=False)
     yield SimpleNamespace(url=url, weights=weights, root=root)
     demo.close()
 
@@ -153,8 +158,34 @@ def test_bad_uploads_get_a_message_and_the_server_keeps_serving(client, tmp_path
         client.predict(image=handle_file(tmp_path / "whole.png"), bands="1,x", api_name="/translate")
     with pytest.raises(Exception):  # only the server's own models: no path can be named
         client.predict(image=handle_file(tmp_path / "whole.png"), weights="/etc/passwd", api_name="/translate")
+    huge = tmp_path / "huge.png"
+    huge.write_bytes(os.urandom((MAX_UPLOAD_MB + 1) << 20))
+    with pytest.raises(Exception, match="(?i)size|large"):
+        client.predict(image=handle_file(huge), mode="eval", api_name="/translate")
     png = client.predict(image=handle_file(tmp_path / "whole.png"), mode="eval", api_name="/translate")[0]
     assert pixels(png).shape == (256, 256, 3)
+
+
+def test_full_queue_says_try_again(client, tmp_path, monkeypatch):
+    """With the running translation held, the queue fills up: the requests past it are told at once to
+    try again, and every accepted one completes when the translation goes on."""
+    gate, original = threading.Event(), app.raster.predict_file
+    monkeypatch.setattr(app.raster, "predict_file", lambda *a, **kw: gate.wait(60) and original(*a, **kw))
+    src = picture(tmp_path / "q.png", 64, 64)
+    jobs = [client.submit(image=handle_file(src), mode="eval", api_name="/translate") for _ in range(QUEUE + 2)]
+    deadline = time.monotonic() + 30
+    while not any(job.done() for job in jobs) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(1)  # a second refusal, if the running one had not left the queue yet
+    refused = [job for job in jobs if job.done()]
+    gate.set()
+    assert 1 <= len(refused) <= 2
+    for job in refused:
+        with pytest.raises(QueueError, match="try again"):
+            job.result()
+    for job in jobs:
+        if job not in refused:
+            assert pixels(job.result(timeout=60)[0]).shape == (64, 64, 3)
 
 
 def test_page_in_a_real_browser(server, tmp_path):
