@@ -9,7 +9,6 @@ goes through predict's own options and raster.predict_file, so its map equals pr
 same file with the same settings. See docs/app.md.
 """
 import os
-import shutil
 import sys
 import tempfile
 import threading
@@ -212,7 +211,7 @@ def build_app(weights: str | None = None, weights_dir: Path | str = "weights", d
         args = predict.parser().parse_args(["--weights", "-", "--input", str(path), "--out", "-",
                                             "--max-megapixels", str(max_megapixels)])
         args.eval, args.seed, args.tta = mode == "eval", int(seed or 0), bool(tta)
-        args.scale, args.gsd = float(scale or 1.0), blank(gsd)
+        args.scale, args.gsd = float(1.0 if scale is None else scale), blank(gsd)
         args.bands, args.stretch, args.value_range = blank(bands), blank(stretch), blank(value_range)
         with tempfile.TemporaryDirectory(prefix="sat2map-app-") as work:
             try:
@@ -220,9 +219,10 @@ def build_app(weights: str | None = None, weights_dir: Path | str = "weights", d
             except InputError as e:  # the server's paths are no business of the client's
                 raise gr.Error(str(e).replace(str(path.parent) + os.sep, "").replace(work + os.sep, "")) from None
             save_image(r["before"], Path(work) / "input.png")
-            save_image(r["after"], Path(work) / f"{path.stem}.preview.png")
-            png, before, after, tif = publish_files([r["png"], Path(work) / "input.png",
-                                                     Path(work) / f"{path.stem}.preview.png", r["tif"]])
+            after = r["png"] if r["after"].size == r["size"] else Path(work) / "map.png"
+            if after != r["png"]:  # a reduced preview
+                save_image(r["after"], after)
+            png, before, after, tif = publish_files([r["png"], Path(work) / "input.png", after, r["tif"]])
         w, h = r["size"]
         status = (f"**{w}×{h} px** ({r['megapixels']:.2f} MP) in **{r['seconds']:.1f} s**: "
                   f"{r['megapixels'] / max(r['seconds'], 1e-9):.2f} MP/s · {mode} mode · {weights}")
@@ -280,8 +280,8 @@ def build_app(weights: str | None = None, weights_dir: Path | str = "weights", d
 def launch(demo: gr.Blocks, host="127.0.0.1", port=None, max_upload_mb=200, block=True):
     """Start the server (Gradio prints its URL); returns (app, local url). block=False returns at
     once, for tests and notebooks (demo.close() stops it)."""
-    _, url, _ = demo.launch(server_name=host, server_port=port, max_file_size=f"{max_upload_mb}mb",
-                            prevent_thread_lock=not block, inline=False, show_error=True, theme=THEME, css=CSS,
+    _, url, _ = demo.launch(server_name=host, server_port=port, max_file_size=int(max_upload_mb * 2 ** 20),
+                            prevent_thread_lock=not block, inline=False, theme=THEME, css=CSS,
                             quiet=not block)
     return url
 

@@ -28,7 +28,7 @@ CHROMIUM = os.environ.get("SAT2MAP_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
                   "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 MAX_MEGAPIXELS = 1  # the server's PNG/JPEG limit in these tests
-MAX_UPLOAD_MB = 4
+MAX_UPLOAD_MB = 1
 QUEUE = 4
 
 
@@ -144,7 +144,8 @@ def test_bad_uploads_get_a_message_and_the_server_keeps_serving(client, tmp_path
     text.write_text("not an image\n")
     truncated = tmp_path / "cut.png"
     truncated.write_bytes(picture(tmp_path / "whole.png", 256, 256).read_bytes()[:3000])
-    large = picture(tmp_path / "large.png", 1100, 1000)  # over the server's limit
+    large = tmp_path / "large.png"
+    Image.new("RGB", (1100, 1000), (90, 120, 80)).save(large)  # over the server's megapixel limit
     nodata = tmp_path / "empty.tif"
     with rasterio.open(nodata, "w", driver="GTiff", width=64, height=64, count=3, dtype="uint8", nodata=0) as ds:
         ds.write(np.zeros((3, 64, 64), np.uint8))
@@ -159,7 +160,7 @@ def test_bad_uploads_get_a_message_and_the_server_keeps_serving(client, tmp_path
     with pytest.raises(Exception):  # only the server's own models: no path can be named
         client.predict(image=handle_file(tmp_path / "whole.png"), weights="/etc/passwd", api_name="/translate")
     huge = tmp_path / "huge.png"
-    huge.write_bytes(os.urandom((MAX_UPLOAD_MB + 1) << 20))
+    huge.write_bytes(os.urandom(2 * MAX_UPLOAD_MB << 20))
     with pytest.raises(Exception, match="(?i)size|large"):
         client.predict(image=handle_file(huge), mode="eval", api_name="/translate")
     png = client.predict(image=handle_file(tmp_path / "whole.png"), mode="eval", api_name="/translate")[0]
