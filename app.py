@@ -190,14 +190,18 @@ def blank(value):
 
 def build_app(weights: str | None = None, weights_dir: Path | str = "weights", device="cpu",
               examples: Path | str | None = "data/maps/val", max_megapixels: float | None = None,
-              queue: int = 16, concurrency: int = 1) -> gr.Blocks:
+              queue: int = 16, concurrency: int = 1, preload: bool = False) -> gr.Blocks:
     """The Gradio app (page and API). weights: the default model (a path or pretrained name; default
     the newest weights_dir/*/G.pt, else sat2map); examples: a folder of A|B pairs; max_megapixels:
     largest PNG/JPEG accepted (predict.py's default); queue: requests waiting at most, beyond which
-    a client is told to try again; concurrency: translations at once (at most one per model)."""
+    a client is told to try again; concurrency: translations at once (at most one per model);
+    preload: load the default model now (downloading sat2map if need be), so that a model that cannot
+    load fails before the server starts."""
     weights_dir = Path(weights_dir)
     choices, weights = weight_choices(weights_dir, weights or default_weights(weights_dir))
     models = Models(choices, device)
+    if preload:
+        models.get(weights, eval_mode=False)  # the page's default mode is the paper's
     max_megapixels = max_megapixels or dataset.MAX_PIXELS / 1e6
 
     def translate(image, mode="paper", seed=0, tta=False, scale=1.0, gsd=None, bands="", stretch="",
@@ -293,8 +297,8 @@ def main(argv=None):
     p.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
                    help="address to listen on; anything but 127.0.0.1 lets other machines use the app "
                         "(see docs/app.md). Default: $GRADIO_SERVER_NAME (set on Hugging Face Spaces), else 127.0.0.1")
-    p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)),
-                   help="port (the next free one if taken)")
+    p.add_argument("--port", type=int, help="port to listen on (default: $GRADIO_SERVER_PORT, else the first "
+                   "free one from 7860)")
     p.add_argument("--examples", default="data/maps/val", help="folder of A|B pairs whose first tiles are "
                    "the page's examples (none if it is missing)")
     p.add_argument("--max-upload-mb", type=float, default=200, help="largest upload accepted")
@@ -310,9 +314,8 @@ def main(argv=None):
         if value <= 0:
             p.error(f"{flag} {value}: expected a positive number")
     device = pick_device(args.device)
-    weights = args.weights or default_weights(Path("weights"))
-    predict.load(weights, device)  # fail now, with one line, if the default model cannot load (or download)
-    demo = build_app(weights, "weights", device, args.examples, args.max_megapixels, args.queue, args.concurrency)
+    demo = build_app(args.weights, "weights", device, args.examples, args.max_megapixels, args.queue,
+                     args.concurrency, preload=True)
     launch(demo, args.host, args.port, args.max_upload_mb)
     return 0
 
