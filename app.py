@@ -8,25 +8,34 @@ the endpoint /translate of the same server, callable from a program with gradio_
 goes through predict's own options and raster.predict_file, so its map equals predict.py's on the
 same file with the same settings. See docs/app.md.
 """
+import atexit
 import os
+import shutil
+import signal
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-import gradio as gr
-import numpy as np
-from gradio.processing_utils import save_file_to_cache
-from gradio.utils import get_upload_folder
-from PIL import Image
+# Gradio keeps uploads and results in $GRADIO_TEMP_DIR (default /tmp/gradio, shared and never emptied of
+# what a stopped server left): unless it is set, this process gets its own, removed whole at exit
+if not os.environ.get("GRADIO_TEMP_DIR"):
+    os.environ["GRADIO_TEMP_DIR"] = tempfile.mkdtemp(prefix="sat2map-gradio-")
+    atexit.register(shutil.rmtree, os.environ["GRADIO_TEMP_DIR"], ignore_errors=True)
 
-import dataset
-import predict
-import raster
-from config import WEIGHTS_HELP, add_device, command_parser
-from generator import PRETRAINED
-from utils import InputError, pick_device, run_command, save_image
+import gradio as gr  # noqa: E402
+import numpy as np  # noqa: E402
+from gradio.processing_utils import save_file_to_cache  # noqa: E402
+from gradio.utils import get_upload_folder  # noqa: E402
+from PIL import Image  # noqa: E402
+
+import dataset  # noqa: E402
+import predict  # noqa: E402
+import raster  # noqa: E402
+from config import WEIGHTS_HELP, add_device, command_parser  # noqa: E402
+from generator import PRETRAINED  # noqa: E402
+from utils import InputError, pick_device, run_command, save_image  # noqa: E402
 
 PREVIEW_PX = 2048  # longest side of the images shown on the page; the downloads keep full size
 EXAMPLES = 4  # example tiles taken from the validation split
@@ -313,6 +322,7 @@ def main(argv=None):
                         ("--queue", args.queue), ("--concurrency", args.concurrency)):
         if value <= 0:
             p.error(f"{flag} {value}: expected a positive number")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # `kill` too ends through atexit's clean-up
     device = pick_device(args.device)
     demo = build_app(args.weights, "weights", device, args.examples, args.max_megapixels, args.queue,
                      args.concurrency, preload=True)
