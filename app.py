@@ -291,8 +291,8 @@ def build_app(weights: str | None = None, weights_dir: Path | str = "weights", d
 
 
 def launch(demo: gr.Blocks, host="127.0.0.1", port=None, max_upload_mb=200, block=True):
-    """Start the server (Gradio prints its URL); returns (app, local url). block=False returns at
-    once, for tests and notebooks (demo.close() stops it)."""
+    """Start the server and return its local URL (printed too unless block=False). block=False returns
+    at once, for tests and notebooks; demo.close() stops it."""
     _, url, _ = demo.launch(server_name=host, server_port=port, max_file_size=int(max_upload_mb * 2 ** 20),
                             prevent_thread_lock=not block, inline=False, theme=THEME, css=CSS,
                             quiet=not block)
