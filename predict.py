@@ -31,13 +31,8 @@ from utils import InputError, amp_dtype, gather_objects, init_distributed, made_
 SHOW_PIXELS = 1 << 21  # the progress bar appears from this many input pixels on (32 tiles of 256 px)
 
 
-def main(argv=None):
-    args, opts = parse(argv)
-    return run(args, opts, raster.input_files(Path(args.input)))
-
-
-def parse(argv=None) -> tuple:
-    """predict.py's flags, checked (a bad one is a one-line usage error), and the per-file options."""
+def parser():
+    """predict.py's flags; the app (app.py) builds its options from these defaults too."""
     p = command_parser(__doc__.split("\n")[0])
     p.add_argument("--weights", required=True, help=WEIGHTS_HELP)
     p.add_argument("--input", required=True, help="an image or raster file, or a folder of them")
@@ -76,36 +71,27 @@ def parse(argv=None) -> tuple:
     p.add_argument("--max-megapixels", type=float, default=dataset.MAX_PIXELS / 1e6,
                    help="PNG/JPEG larger than this are refused (PIL's guard against decompression bombs)")
     add_device(p)
+    return p
+
+
+def main(argv=None):
+    p = parser()
     args = p.parse_args(argv)
-    if args.tile < 256 or args.tile % 256:
-        p.error(f"--tile {args.tile}: expected a positive multiple of 256")
-    if not 0 <= args.overlap < args.tile:
-        p.error(f"--overlap {args.overlap}: expected a value in [0, --tile)")
-    if not 0 < args.scale <= 64:
-        p.error(f"--scale {args.scale}: expected a factor in (0, 64]")
-    if args.gsd is not None and not 0 < args.gsd < 1e6:
-        p.error(f"--gsd {args.gsd}: expected a positive ground resolution in metres per pixel")
-    if args.gsd is not None and args.scale != 1.0:
-        p.error("--gsd and --scale both set the working resolution: give one of them")
-    if args.batch < 1:
-        p.error(f"--batch {args.batch}: expected at least 1")
-    if args.block < 256 or args.block % 256:
-        p.error(f"--block {args.block}: expected a positive multiple of 256")
-    if args.max_megapixels <= 0:
-        p.error(f"--max-megapixels {args.max_megapixels}: expected a positive number")
-    return args, options(args, p)
+    try:
+        opts = options(args)
+    except InputError as e:  # a malformed flag is a usage error
+        p.error(str(e))
+    return run(args, opts, raster.input_files(Path(args.input)))
 
 
-def load(args, opts: raster.Options):
-    """The generator on the chosen device, in the precision and layout --amp and --eval ask for; the
-    options learn its direction."""
-    device = pick_device(args.device)
-    G, config = load_generator(args.weights, device)
-    G = G.to(amp_dtype(args.amp, device) or torch.float32)
-    if args.eval:  # channels-last is faster; the paper mode stays contiguous, as its dropout masks follow
+def load(weights, device, amp="auto", eval_mode=False):
+    """The generator as predict runs it: --amp's precision, and channels-last with --eval. Returns
+    (G, its saved config)."""
+    G, config = load_generator(weights, device)
+    G = G.to(amp_dtype(amp, device) or torch.float32)
+    if eval_mode:  # channels-last is faster; the paper mode stays contiguous, as its dropout masks follow
         G = G.to(memory_format=torch.channels_last)  # the layout and must match evaluate.py's
-    opts.direction = args.direction or config["direction"]
-    return G
+    return G, config
 
 
 def run(args, opts: raster.Options, files: list[Path]) -> int:
@@ -122,7 +108,8 @@ def run(args, opts: raster.Options, files: list[Path]) -> int:
                          f"{Path(clashes[0][0]).stem}.*; rename one, or translate them into separate --out folders")
     rank, world = init_distributed(args.device)
     try:
-        G = load(args, opts)
+        G, config = load(args.weights, pick_device(args.device), args.amp, args.eval)
+        opts.direction = args.direction or config["direction"]
         with made_folder(out_dir):  # removed again if every input is skipped
             failed = translate_files(G, files, out_dir, opts, rank, world)
     finally:
@@ -253,20 +240,34 @@ class JobProgress:
         return int(self.store.get(self.FAILED))
 
 
-def options(args, p) -> raster.Options:
-    """The per-file options from the parsed flags; malformed lists are a one-line usage error."""
-    try:
-        bands = None if args.bands is None else raster.parse_list(args.bands, "--bands", int)
-        stretch = raster.parse_list(args.stretch or "2,98", "--stretch", float, 2)
-        value_range = None if args.value_range is None else raster.parse_list(args.value_range, "--range", float, 2)
-    except InputError as e:
-        p.error(str(e))
+def options(args) -> raster.Options:
+    """The per-file options from parsed flags (predict's, or the app's on predict's defaults); a bad
+    value raises InputError naming its flag."""
+    if args.tile < 256 or args.tile % 256:
+        raise InputError(f"--tile {args.tile}: expected a positive multiple of 256")
+    if not 0 <= args.overlap < args.tile:
+        raise InputError(f"--overlap {args.overlap}: expected a value in [0, --tile)")
+    if not 0 < args.scale <= 64:
+        raise InputError(f"--scale {args.scale}: expected a factor in (0, 64]")
+    if args.gsd is not None and not 0 < args.gsd < 1e6:
+        raise InputError(f"--gsd {args.gsd}: expected a positive ground resolution in metres per pixel")
+    if args.gsd is not None and args.scale != 1.0:
+        raise InputError("--gsd and --scale both set the working resolution: give one of them")
+    if args.batch < 1:
+        raise InputError(f"--batch {args.batch}: expected at least 1")
+    if args.block < 256 or args.block % 256:
+        raise InputError(f"--block {args.block}: expected a positive multiple of 256")
+    if args.max_megapixels <= 0:
+        raise InputError(f"--max-megapixels {args.max_megapixels}: expected a positive number")
+    bands = None if args.bands is None else raster.parse_list(args.bands, "--bands", int)
+    stretch = raster.parse_list(args.stretch or "2,98", "--stretch", float, 2)
+    value_range = None if args.value_range is None else raster.parse_list(args.value_range, "--range", float, 2)
     if not 0 <= stretch[0] < stretch[1] <= 100:
-        p.error(f"--stretch {args.stretch}: expected LOW,HIGH percentiles with 0 <= LOW < HIGH <= 100")
+        raise InputError(f"--stretch {args.stretch}: expected LOW,HIGH percentiles with 0 <= LOW < HIGH <= 100")
     if value_range is not None and not value_range[0] < value_range[1]:
-        p.error(f"--range {args.value_range}: expected MIN,MAX with MIN < MAX")
+        raise InputError(f"--range {args.value_range}: expected MIN,MAX with MIN < MAX")
     if value_range is not None and args.stretch is not None:
-        p.error("--range and --stretch both set the value scaling: give one of them")
+        raise InputError("--range and --stretch both set the value scaling: give one of them")
     engine = tiles.Engine(args.tile, args.overlap, not args.eval, args.seed, args.batch, args.tta, args.block)
     return raster.Options(engine, bands, tuple(stretch), args.stretch is not None,
                           None if value_range is None else tuple(value_range), args.scale, args.gsd, args.format,

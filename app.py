@@ -1,0 +1,334 @@
+"""A web page and HTTP API over predict.py's engine: drop in a satellite image or GeoTIFF, get the map.
+
+    python app.py                                   # http://127.0.0.1:7860, newest weights/*/G.pt or sat2map
+    python app.py --weights weights/maps/G.pt --port 8080 --device cuda
+
+The page is a Gradio app (so it also runs unchanged as a Hugging Face Space); its Translate button is
+the endpoint /translate of the same server, callable from a program with gradio_client. Every request
+goes through predict's own options and raster.predict_file, so its map equals predict.py's on the
+same file with the same settings. See docs/app.md.
+"""
+import atexit
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+# Gradio keeps uploads and results in $GRADIO_TEMP_DIR (default /tmp/gradio, shared and never emptied of
+# what a stopped server left): unless it is set, this process gets its own, removed whole at exit
+if not os.environ.get("GRADIO_TEMP_DIR"):
+    os.environ["GRADIO_TEMP_DIR"] = tempfile.mkdtemp(prefix="sat2map-gradio-")
+    atexit.register(shutil.rmtree, os.environ["GRADIO_TEMP_DIR"], ignore_errors=True)
+
+import gradio as gr  # noqa: E402
+import numpy as np  # noqa: E402
+from gradio.processing_utils import save_file_to_cache  # noqa: E402
+from gradio.utils import get_upload_folder  # noqa: E402
+from PIL import Image  # noqa: E402
+
+import dataset  # noqa: E402
+import predict  # noqa: E402
+import raster  # noqa: E402
+from config import WEIGHTS_HELP, add_device, command_parser  # noqa: E402
+from generator import PRETRAINED  # noqa: E402
+from utils import InputError, pick_device, run_command, save_image  # noqa: E402
+
+PREVIEW_PX = 2048  # longest side of the images shown on the page; the downloads keep full size
+EXAMPLES = 4  # example tiles taken from the validation split
+UPLOAD_TYPES = [".png", ".jpg", ".jpeg", ".tif", ".tiff"]
+CACHE_AGE_S = 3600  # uploads and results leave Gradio's cache this long after their request
+THEME = gr.themes.Soft(primary_hue="teal")
+CSS = """
+#title {text-align: center}
+#status {min-height: 1.5em}
+#map_png .empty, #map_tif .empty {min-height: 4rem !important; height: 4rem}
+#map_png .empty .icon, #map_tif .empty .icon {display: none}
+"""
+
+
+# ----------------------------------------------------------------------------------------------------
+# Models: only the server's own, loaded on first use
+
+
+def weight_choices(weights_dir: Path, given: str) -> tuple[dict[str, str], str]:
+    """(label -> weights, the label of `given`) for the dropdown: every run under weights_dir (its G.pt
+    and G_best.pt, newest run first), the pretrained names, and `given` (the operator's --weights)
+    under its own path where it is none of these. A client picks a label; it never names a path."""
+    choices = {}
+    runs = sorted(weights_dir.glob("*/G*.pt"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for path in runs:
+        if path.name in ("G.pt", "G_best.pt"):
+            choices.setdefault(path.parent.name + (" (best)" if path.name == "G_best.pt" else ""), str(path))
+    choices.update({name: name for name in PRETRAINED})
+    same = [label for label, w in choices.items() if w == given or Path(w).resolve() == Path(given).resolve()]
+    if not same:
+        choices = {given: given, **choices}
+    return choices, same[0] if same else given
+
+
+def default_weights(weights_dir: Path) -> str:
+    """The newest weights_dir/*/G.pt, else the pretrained sat2map (downloaded on first use)."""
+    runs = sorted(weights_dir.glob("*/G.pt"), key=lambda p: p.stat().st_mtime)
+    return str(runs[-1]) if runs else "sat2map"
+
+
+class Models:
+    """Generators by (label, eval mode), each prepared as predict.py prepares it, loaded on first use;
+    one lock per label, so a model runs one translation at a time."""
+
+    def __init__(self, choices: dict[str, str], device):
+        self.choices, self.device = choices, pick_device(str(device))
+        self.locks = {label: threading.Lock() for label in choices}
+        self.loaded = {}
+
+    def get(self, label: str, eval_mode: bool):
+        """(G, config) for a label of the server's own list; the caller holds self.locks[label]."""
+        key = (label, eval_mode)
+        if key not in self.loaded:
+            self.loaded[key] = predict.load(self.choices[label], self.device, eval_mode=eval_mode)
+        return self.loaded[key]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Pictures for the page
+
+
+def example_tiles(folder: Path | None, count: int = EXAMPLES) -> list[str]:
+    """The satellite halves of the first `count` A|B pairs in `folder` (data/maps/val), written once
+    into Gradio's cache folder so that the page can serve them."""
+    if folder is None or not folder.is_dir():
+        return []
+    pairs = sorted(p for p in folder.iterdir() if p.suffix.lower() in dataset.IMG_EXTS)[:count]
+    out = Path(get_upload_folder()).resolve() / "sat2map-examples"
+    tiles = []
+    for pair in pairs:
+        tile = out / f"{folder.parent.name}_{pair.stem}.png"
+        if not tile.exists():
+            img = dataset.load_rgb(pair)
+            save_image(img.crop((0, 0, img.width // 2, img.height)), tile)
+        tiles.append(str(tile))
+    return tiles
+
+
+def thumbnail(img: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """img at `size`, shrunk with a box filter when it is larger (previews only)."""
+    return img if img.size == size else img.resize(size, Image.BOX)
+
+
+def preview_size(width: int, height: int) -> tuple[int, int]:
+    f = min(1.0, PREVIEW_PX / max(width, height))
+    return max(1, round(width * f)), max(1, round(height * f))
+
+
+def read_preview(path: Path, size: tuple[int, int], opts: raster.Options | None = None) -> Image.Image:
+    """An RGB picture of a raster (the result, or the input scaled as the engine scales it), read at
+    preview size from its overviews; pixels without data are black."""
+    with raster.rasterio_env():
+        ds = raster.open_raster(path)
+        with ds:
+            bands = [1, 2, 3] if opts is None else raster.pick_bands(ds, opts.bands, path)
+            shape = (3, size[1], size[0])
+            data = ds.read(bands, out_shape=shape).astype(np.float64)
+            valid = np.all(ds.read_masks(sorted(set(bands)), out_shape=(len(set(bands)), *shape[1:])) > 0, axis=0)
+            lo = hi = None
+            if opts is not None and opts.value_range is not None:
+                lo, hi = np.full(3, opts.value_range[0]), np.full(3, opts.value_range[1])
+            elif opts is not None and (opts.stretch_given or any(ds.dtypes[b - 1] != "uint8" for b in bands)):
+                lo, hi, _ = raster.stretch_limits(ds, bands, *opts.stretch, path)
+    if lo is not None:
+        data = (np.nan_to_num(data) - lo[:, None, None]) / (hi - lo)[:, None, None] * 255
+    rgb = np.clip(np.nan_to_num(data), 0, 255).round().astype(np.uint8) * valid
+    return Image.fromarray(rgb.transpose(1, 2, 0))
+
+
+# ----------------------------------------------------------------------------------------------------
+# One request
+
+
+def translate_file(models: Models, path: Path, label: str, args, progress, work: Path) -> dict:
+    """Translate one upload into `work` as predict.py would; returns the files to show and download
+    and the numbers for the status line. Bad input raises InputError."""
+    opts = predict.options(args)
+    if label not in models.choices:
+        raise InputError(f"weights {label!r}: not one of this server's models ({', '.join(models.choices)})")
+    with models.locks[label]:
+        progress(0, desc="loading the model")
+        G, config = models.get(label, args.eval)
+        opts.direction = config["direction"]
+        start = time.perf_counter()
+        out = raster.predict_file(G, path, work, opts,
+                                  progress=lambda done, total: progress((done, total), desc="translating", unit="tiles"))
+        seconds = time.perf_counter() - start
+    png, tif = out, None
+    if out.suffix == ".tif":  # a georeferenced input: the COG as predict.py writes it, plus a PNG of it
+        png, tif = work / f"{path.stem}.png", out
+        raster.publish(out, png, "png")
+    if raster.is_picture(path):
+        with Image.open(png) as result:
+            width, height = result.size
+            after = thumbnail(result.convert("RGB"), preview_size(width, height))
+        before = thumbnail(dataset.load_rgb(path, opts.max_pixels), after.size)
+    else:
+        with raster.rasterio_env(), raster.open_raster(out) as ds:
+            width, height = ds.width, ds.height
+        size = preview_size(width, height)
+        after, before = read_preview(out, size), read_preview(path, size, opts)
+    return {"png": png, "tif": tif, "before": before, "after": after, "seconds": seconds,
+            "megapixels": width * height / 1e6, "size": (width, height)}
+
+
+def publish_files(paths: list[Path | None]) -> list[str | None]:
+    """Copies of the request's files in Gradio's cache, where the page serves them from and the
+    cache clean-up removes them; the request's own folder is removed when it ends."""
+    return [None if p is None else save_file_to_cache(p, get_upload_folder()) for p in paths]
+
+
+def blank(value):
+    """A text field left empty means the flag's default."""
+    value = (value or "").strip() if isinstance(value, str) else value
+    return None if value in ("", None) else value
+
+
+# ----------------------------------------------------------------------------------------------------
+# The page
+
+
+def build_app(weights: str | None = None, weights_dir: Path | str = "weights", device="cpu",
+              examples: Path | str | None = "data/maps/val", max_megapixels: float | None = None,
+              queue: int = 16, concurrency: int = 1, preload: bool = False) -> gr.Blocks:
+    """The Gradio app (page and API). weights: the default model (a path or pretrained name; default
+    the newest weights_dir/*/G.pt, else sat2map); examples: a folder of A|B pairs; max_megapixels:
+    largest PNG/JPEG accepted (predict.py's default); queue: requests waiting at most, beyond which
+    a client is told to try again; concurrency: translations at once (at most one per model);
+    preload: load the default model now (downloading sat2map if need be), so that a model that cannot
+    load fails before the server starts."""
+    weights_dir = Path(weights_dir)
+    choices, weights = weight_choices(weights_dir, weights or default_weights(weights_dir))
+    models = Models(choices, device)
+    if preload:
+        models.get(weights, eval_mode=False)  # the page's default mode is the paper's
+    max_megapixels = max_megapixels or dataset.MAX_PIXELS / 1e6
+
+    def translate(image, mode="paper", seed=0, tta=False, scale=1.0, gsd=None, bands="", stretch="",
+                  value_range="", weights=weights, progress=gr.Progress()):
+        """Translate an uploaded satellite image or GeoTIFF into a map (PNG first, then the
+        before/after pair, the map, the Cloud-Optimized GeoTIFF of a georeferenced input, a status
+        line)."""
+        if not image:
+            raise gr.Error("Upload a satellite image (PNG/JPEG) or a GeoTIFF first.")
+        path = Path(image)
+        args = predict.parser().parse_args(["--weights", "-", "--input", str(path), "--out", "-",
+                                            "--max-megapixels", str(max_megapixels)])
+        args.eval, args.seed, args.tta = mode == "eval", int(seed or 0), bool(tta)
+        args.scale, args.gsd = float(1.0 if scale is None else scale), blank(gsd)
+        args.bands, args.stretch, args.value_range = blank(bands), blank(stretch), blank(value_range)
+        with tempfile.TemporaryDirectory(prefix="sat2map-app-") as work:
+            try:
+                r = translate_file(models, path, weights, args, progress, Path(work))
+            except InputError as e:  # the server's paths are no business of the client's
+                raise gr.Error(str(e).replace(str(path.parent) + os.sep, "").replace(work + os.sep, "")) from None
+            save_image(r["before"], Path(work) / "input.png")
+            after = r["png"] if r["after"].size == r["size"] else Path(work) / "map.png"
+            if after != r["png"]:  # a reduced preview
+                save_image(r["after"], after)
+            png, before, after, tif = publish_files([r["png"], Path(work) / "input.png", after, r["tif"]])
+        w, h = r["size"]
+        status = (f"**{w}×{h} px** ({r['megapixels']:.2f} MP) in **{r['seconds']:.1f} s**: "
+                  f"{r['megapixels'] / max(r['seconds'], 1e-9):.2f} MP/s · {mode} mode · {weights}")
+        return png, (before, after), after, tif, status
+
+    with gr.Blocks(title="sat2map", analytics_enabled=False, delete_cache=(CACHE_AGE_S // 4, CACHE_AGE_S)) as demo:
+        gr.Markdown("# sat2map: satellite image → map\nDrop a satellite picture (PNG/JPEG) or a GeoTIFF and "
+                    "press **Translate**. A pix2pix generator (Isola et al. 2017) draws the map, tile by tile, "
+                    "at any size.", elem_id="title")
+        with gr.Row():
+            with gr.Column(scale=2):
+                image = gr.File(label="Satellite image or GeoTIFF", file_types=UPLOAD_TYPES, height=120)
+                with gr.Row():
+                    mode_in = gr.Radio(["paper", "eval"], value="paper", label="Test-time mode",
+                                       info="paper: dropout on, batch statistics (the paper's); eval: deterministic")
+                    seed_in = gr.Number(0, precision=0, label="Seed", info="the paper mode's dropout")
+                tta_in = gr.Checkbox(False, label="Test-time augmentation",
+                                     info="average the 8 flips/rotations of each tile (8x slower)")
+                weights_in = gr.Dropdown(list(choices), value=weights, label="Model",
+                                         info="runs under weights/ and the pretrained generators")
+                with gr.Accordion("Size and raster options", open=False):
+                    scale_in = gr.Number(1.0, label="Scale", info="resize first; 0.43 matches the maps "
+                                         "set's zoom (600 px tiles seen at 256 px)")
+                    gsd_in = gr.Number(None, label="Ground resolution (m/px)",
+                                       info="GeoTIFF: resample to this first (instead of Scale)")
+                    bands_in = gr.Textbox("", label="Bands", placeholder="3,2,1",
+                                          info="GeoTIFF: 1-based bands fed as R,G,B (default: the RGB bands)")
+                    stretch_in = gr.Textbox("", label="Stretch (percentiles)", placeholder="2,98",
+                                            info="GeoTIFF: LOW,HIGH percentiles mapped to 0..255 "
+                                                 "(default 2,98 for non-8-bit data)")
+                    range_in = gr.Textbox("", label="Value range", placeholder="0,3000",
+                                          info="GeoTIFF: MIN,MAX mapped to 0..255 instead of a stretch")
+                button = gr.Button("Translate", variant="primary")
+                tiles = example_tiles(None if examples is None else Path(examples))
+                if tiles:
+                    gr.Examples([[t] for t in tiles], inputs=[image], label="Examples (validation tiles)",
+                                example_labels=[Path(t).stem for t in tiles])
+                    image.keep_in_cache.update(tiles)  # the cache clean-up must not take the examples
+            with gr.Column(scale=3):
+                slider = gr.ImageSlider(label="Before / after", type="filepath", format="png",
+                                        elem_id="slider", max_height=640)
+                status = gr.Markdown("", label="Status", elem_id="status")
+                with gr.Row():
+                    png_out = gr.File(label="Map (PNG)", elem_id="map_png")
+                    tif_out = gr.File(label="Map (Cloud-Optimized GeoTIFF)", elem_id="map_tif")
+                with gr.Accordion("The map alone", open=False):
+                    map_out = gr.Image(label="Map", type="filepath", format="png", elem_id="map")
+        inputs = [image, mode_in, seed_in, tta_in, scale_in, gsd_in, bands_in, stretch_in, range_in, weights_in]
+        button.click(translate, inputs, [png_out, slider, map_out, tif_out, status], api_name="translate",
+                     concurrency_limit=concurrency)
+    demo.queue(max_size=queue, default_concurrency_limit=concurrency)
+    return demo
+
+
+def launch(demo: gr.Blocks, host="127.0.0.1", port=None, max_upload_mb=200, block=True):
+    """Start the server and return its local URL (printed too unless block=False). block=False returns
+    at once, for tests and notebooks; demo.close() stops it."""
+    _, url, _ = demo.launch(server_name=host, server_port=port, max_file_size=int(max_upload_mb * 2 ** 20),
+                            prevent_thread_lock=not block, inline=False, theme=THEME, css=CSS,
+                            quiet=not block)
+    return url
+
+
+def main(argv=None):
+    p = command_parser(__doc__.split("\n")[0])
+    p.add_argument("--weights", help=f"the default model: {WEIGHTS_HELP} (default: the newest weights/*/G.pt, "
+                   f"else sat2map); the page offers it, every run under weights/ and the pretrained names")
+    p.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+                   help="address to listen on; anything but 127.0.0.1 lets other machines use the app "
+                        "(see docs/app.md). Default: $GRADIO_SERVER_NAME (set on Hugging Face Spaces), else 127.0.0.1")
+    p.add_argument("--port", type=int, help="port to listen on (default: $GRADIO_SERVER_PORT, else the first "
+                   "free one from 7860)")
+    p.add_argument("--examples", default="data/maps/val", help="folder of A|B pairs whose first tiles are "
+                   "the page's examples (none if it is missing)")
+    p.add_argument("--max-upload-mb", type=float, default=200, help="largest upload accepted")
+    p.add_argument("--max-megapixels", type=float, default=dataset.MAX_PIXELS / 1e6,
+                   help="PNG/JPEG larger than this are refused")
+    p.add_argument("--queue", type=int, default=16, help="requests that may wait; beyond, a client is told "
+                   "the queue is full and to try again")
+    p.add_argument("--concurrency", type=int, default=1, help="translations run at once (one per model at most)")
+    add_device(p)
+    args = p.parse_args(argv)
+    for flag, value in (("--max-upload-mb", args.max_upload_mb), ("--max-megapixels", args.max_megapixels),
+                        ("--queue", args.queue), ("--concurrency", args.concurrency)):
+        if value <= 0:
+            p.error(f"{flag} {value}: expected a positive number")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # `kill` too ends through atexit's clean-up
+    device = pick_device(args.device)
+    demo = build_app(args.weights, "weights", device, args.examples, args.max_megapixels, args.queue,
+                     args.concurrency, preload=True)
+    launch(demo, args.host, args.port, args.max_upload_mb)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_command(main))
