@@ -78,14 +78,15 @@ def child(argv: list[str]):
     same tiles."""
     import predict
     import raster
-    from utils import InputError
+    from utils import InputError, pick_device
     sequential = "--sequential" in argv
     argv = [a for a in argv if a != "--sequential"]
     before = peak_rss_mb()
     start = time.perf_counter()
     args, opts = predict.parse(argv)
     opts.engine.pipeline = not sequential
-    G = predict.load(args, opts)
+    G, config = predict.load(args.weights, pick_device(args.device), args.amp, args.eval)
+    opts.direction = args.direction or config["direction"]
     device = next(G.parameters()).device
     network_alone(G, opts.engine, [1], device)  # warm up the kernels both runs use
     startup = time.perf_counter() - start

@@ -75,13 +75,18 @@ def parser():
 
 
 def main(argv=None):
+    args, opts = parse(argv)
+    return run(args, opts, raster.input_files(Path(args.input)))
+
+
+def parse(argv=None) -> tuple:
+    """predict.py's flags, checked (a bad one is a one-line usage error), and the per-file options."""
     p = parser()
     args = p.parse_args(argv)
     try:
-        opts = options(args)
+        return args, options(args)
     except InputError as e:  # a malformed flag is a usage error
         p.error(str(e))
-    return run(args, opts, raster.input_files(Path(args.input)))
 
 
 def load(weights, device, amp="auto", eval_mode=False):
