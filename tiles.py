@@ -14,6 +14,7 @@ predict.py shares one raster between processes. raster.py supplies GeoTIFF sourc
 `translate` is the in-memory form.
 """
 import contextlib
+import ctypes
 import queue
 import threading
 import time
@@ -27,7 +28,20 @@ from tqdm import tqdm
 from generator import inference, tta
 
 SHOW_TILES = 32  # a per-file tile progress bar appears from this many tiles on
+MMAP_THRESHOLD = 256 << 10  # host buffers of this many bytes or more are mapped and unmapped whole
 
+
+
+def fix_mmap_threshold():
+    """Make glibc serve every host buffer of MMAP_THRESHOLD bytes or more (a row of tiles, a mask, an
+    output window) from its own mapping, handed back to the OS when freed. By default glibc raises
+    that threshold each time such a buffer is freed; later row buffers then come from the heaps of
+    the threads that allocate them (reader, network, writer: one arena each), which keep what is
+    freed and fragment, so peak memory crept up with the number of rows run, i.e. with the scene.
+    No-op where the C library has no mallopt (not glibc)."""
+    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
+    if mallopt is not None:
+        mallopt(-3, MMAP_THRESHOLD)  # -3: M_MMAP_THRESHOLD; setting it also stops its adjustment
 
 
 def pad_reflect(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -177,6 +191,7 @@ class Engine:
         stage's own time; they overlap), the run's wall time ("seconds") and the number of tiles of
         each row run ("row_tiles")."""
         began = time.perf_counter()
+        fix_mmap_threshold()
         H, W = source.height, source.width
         ys, blocks, cols = self.plan(H, W)
         first, stop = self._row_range(ys, H, rows)
