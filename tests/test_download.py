@@ -72,13 +72,19 @@ def test_unresolvable_host_fails_at_once(tmp_path, monkeypatch):
     assert time.monotonic() - start < 2 and len(calls) == 1
 
 
-def test_silent_server_times_out_and_retries_are_announced_and_bounded(tmp_path, capsys):
+def silent_server():
+    """A 127.0.0.1 server that accepts connections and never answers; returns (listener, url, the
+    connections it accepted so far)."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(8)
     held = []
     threading.Thread(target=lambda: [held.append(listener.accept()) for _ in range(8)], daemon=True).start()
-    url = f"http://127.0.0.1:{listener.getsockname()[1]}/maps.tar.gz"
+    return listener, f"http://127.0.0.1:{listener.getsockname()[1]}/maps.tar.gz", held
+
+
+def test_silent_server_times_out_and_retries_are_announced_and_bounded(tmp_path, capsys):
+    listener, url, held = silent_server()
     start = time.monotonic()
     with pytest.raises(download.DownloadError) as e:
         download.fetch(url, tmp_path / "x", timeout=0.5, retries=10, backoff=0.2, max_wait=1.5)
@@ -91,12 +97,7 @@ def test_silent_server_times_out_and_retries_are_announced_and_bounded(tmp_path,
 
 
 def test_a_server_that_never_answers_is_given_up_after_two_tries(tmp_path, capsys):
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(8)
-    held = []
-    threading.Thread(target=lambda: [held.append(listener.accept()) for _ in range(8)], daemon=True).start()
-    url = f"http://127.0.0.1:{listener.getsockname()[1]}/maps.tar.gz"
+    listener, url, held = silent_server()
     start = time.monotonic()
     with pytest.raises(download.DownloadError, match="sent nothing within 0.5 s on two tries in a row"):
         download.fetch(url, tmp_path / "x", timeout=0.5)  # the default retries and backoff: 1 s, then 2 s, ...
