@@ -30,6 +30,7 @@ from gradio.processing_utils import save_file_to_cache  # noqa: E402
 from gradio.utils import get_upload_folder  # noqa: E402
 from PIL import Image  # noqa: E402
 
+import cog  # noqa: E402
 import dataset  # noqa: E402
 import predict  # noqa: E402
 import raster  # noqa: E402
@@ -166,7 +167,7 @@ def translate_file(models: Models, path: Path, label: str, args, progress, work:
     png, tif = out, None
     if out.suffix == ".tif":  # a georeferenced input: the COG as predict.py writes it, plus a PNG of it
         png, tif = work / f"{path.stem}.png", out
-        raster.publish(out, png, "png")
+        cog.publish(out, png, "png")
     if raster.is_picture(path):
         with Image.open(png) as result:
             width, height = result.size

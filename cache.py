@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 import dataset
 from dataset import DataError, crop_flip, drop_bad, hw
-from utils import all_agree, available_ram, local_world_size
+from utils import all_agree, available_ram, local_world_size, replace_durably
 
 # --data-cache auto keeps the decoded set in memory when it takes at most this share of the available RAM
 # (divided among the node's processes, each holding a copy) and of the GPU's memory; the rest of the GPU
@@ -157,17 +157,10 @@ def build_mapped(pairs, size: int, key: str, path: Path, desc: str):
             footer = json.dumps({"key": key, "size": label(size), "pairs": len(pairs), "version": 1,
                                  "skipped": [[i, why] for i, why in skipped]}).encode()
             f.write(footer + len(footer).to_bytes(8, "little") + CACHE_MAGIC)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        replace_durably(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 class CachedPairs:

@@ -10,7 +10,6 @@ after two tries.
 """
 import hashlib
 import http.client
-import os
 import socket
 import sys
 import time
@@ -20,7 +19,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from utils import InputError
+from utils import InputError, replace_durably
 
 
 class DownloadError(InputError):
@@ -71,11 +70,9 @@ def fetch(url: str, dest, timeout=20.0, retries=5, backoff=1.0, max_wait=120.0) 
                         f.write(chunk)
                         got += len(chunk)
                         bar.update(len(chunk))
-                    f.flush()
-                    os.fsync(f.fileno())
             if total is not None and part.stat().st_size != total:
                 raise ConnectionError(f"got {part.stat().st_size} of {total} bytes")
-            os.replace(part, dest)
+            replace_durably(part, dest)
             return dest
         except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError, OSError,
                 ValueError) as e:

@@ -7,7 +7,6 @@ the ResNet generators). PyTorch's exporter (torch.export, then onnxscript) trace
 --device. The exported model is run with onnxruntime on a random input (--seed) and compared with
 PyTorch float32 on the CPU before the command succeeds.
 """
-import os
 import sys
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import torch
 
 from config import WEIGHTS_HELP, add_device, command_parser
 from generator import load_generator
-from utils import InputError, pick_device, run_command
+from utils import InputError, pick_device, replace_durably, run_command
 
 MISSING = ("onnx and onnxruntime are needed for the export: pip install -r requirements.txt "
            "(or pip install onnx onnxruntime onnxscript)")
@@ -38,7 +37,7 @@ def export(G, path, opset=18):
         torch.onnx.export(G, (x,), str(tmp), input_names=["satellite"], output_names=["map"],
                           opset_version=opset, dynamic_shapes=({0: "batch", 2: "height", 3: "width"},),
                           dynamo=True, verbose=False)
-        os.replace(tmp, path)
+        replace_durably(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 

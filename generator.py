@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 
 from download import DownloadError, fetch
-from utils import InputError, made_folder, safe_load
+from utils import InputError, made_folder, replace_durably, safe_load
 
 NUM_DOWNS = 8  # 256 -> 1 pixel at the bottleneck
 # --netG choices of the official code: U-Net levels, or residual blocks of the ResNet generator
@@ -433,7 +433,7 @@ def fetch_pretrained(name: str, folder="weights") -> Path:
         try:
             fetch(url, tmp)
             build_generator(safe_load(tmp, "generator"), url)
-            os.replace(tmp, path)
+            replace_durably(tmp, path)
         except DownloadError as e:
             raise InputError(f"{e}; set {URL_VARIABLE} to a mirror, or place the file at {path} by hand") from None
         except InputError as e:

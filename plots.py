@@ -5,7 +5,6 @@
 train.py redraws RUN_DIR/curves.png as it logs rows (see `Curves`).
 """
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -16,7 +15,7 @@ matplotlib.use("Agg")  # files only: no display on servers, and no GUI event loo
 import matplotlib.pyplot as plt  # noqa: E402
 
 from config import command_parser  # noqa: E402
-from utils import InputError, run_command  # noqa: E402
+from utils import InputError, replace_durably, run_command  # noqa: E402
 
 # One panel per group of keys that share a scale; panels without data are left out
 PANELS = [
@@ -94,7 +93,7 @@ def plot_curves(rows: list[dict], path) -> bool:
     tmp = path.with_name(f".{path.name}.tmp.png")
     try:
         fig.savefig(tmp, dpi=90)
-        os.replace(tmp, path)
+        replace_durably(tmp, path)
     except OSError as e:  # name the file asked for, not our temp file
         raise OSError(e.errno, e.strerror, str(path)) from None
     finally:

@@ -68,6 +68,9 @@ def parser():
     p.add_argument("--batch", type=int, default=8, help="tiles per forward pass with --eval")
     p.add_argument("--block", type=int, default=4096, help="width in px of the column blocks a raster is "
                    "translated in; memory grows with it, never with the raster")
+    p.add_argument("--pipeline", choices=["auto", "on", "off"], default="auto", help="read and write in threads "
+                   "beside the network (same result); auto: on a GPU, and on a CPU only where the network's "
+                   "threads (OMP_NUM_THREADS) leave a core free, as otherwise they take turns and it is slower")
     p.add_argument("--max-megapixels", type=float, default=dataset.MAX_PIXELS / 1e6,
                    help="PNG/JPEG larger than this are refused (PIL's guard against decompression bombs)")
     add_device(p)
@@ -273,7 +276,8 @@ def options(args) -> raster.Options:
         raise InputError(f"--range {args.value_range}: expected MIN,MAX with MIN < MAX")
     if value_range is not None and args.stretch is not None:
         raise InputError("--range and --stretch both set the value scaling: give one of them")
-    engine = tiles.Engine(args.tile, args.overlap, not args.eval, args.seed, args.batch, args.tta, args.block)
+    engine = tiles.Engine(args.tile, args.overlap, not args.eval, args.seed, args.batch, args.tta, args.block,
+                          {"auto": None, "on": True, "off": False}[args.pipeline])
     return raster.Options(engine, bands, tuple(stretch), args.stretch is not None,
                           None if value_range is None else tuple(value_range), args.scale, args.gsd, args.format,
                           args.pairs, max_pixels=round(args.max_megapixels * 1e6))

@@ -13,6 +13,7 @@ import glob
 import math
 import os
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +22,8 @@ import torch
 from tqdm import tqdm
 
 import dataset
-from tiles import ArraySink, Engine, TensorSource, to_uint8
+import cog
+from tiles import ArraySink, Engine, TensorSource
 from utils import InputError, first_line
 
 RASTER_EXTS = (".tif", ".tiff", ".vrt", ".img", ".jp2")  # what a folder listing treats as rasters
@@ -117,11 +119,24 @@ def pick_bands(ds, requested: list[int] | None, path) -> list[int]:
 
 def valid_mask(ds, bands: list[int], window, data: np.ndarray | None = None) -> np.ndarray:
     """Bool (h, w): True where every chosen band is valid (GDAL's nodata, mask and alpha, and finite
-    values for float data)."""
+    values for float data). `data`: the bands' values in the window, as read, when the caller has them."""
+    if data is not None and data.dtype.kind in "iu" and all(nodata_only(ds, b) for b in bands):
+        return np.all([band != ds.nodatavals[b - 1] for b, band in zip(bands, data)], axis=0)
     valid = np.all(ds.read_masks(sorted(set(bands)), window=window) > 0, axis=0)
     if data is not None and np.issubdtype(data.dtype, np.floating):
         valid &= np.all(np.isfinite(data), axis=0)
     return valid
+
+
+def nodata_only(ds, band: int) -> bool:
+    """Whether GDAL's mask of this integer band is its nodata value and nothing else, with a value
+    the band's type can hold: then the mask is `values != nodata`, and asking GDAL for it would read
+    and decode the band a second time."""
+    nodata = ds.nodatavals[band - 1]
+    if [f.name for f in ds.mask_flag_enums[band - 1]] != ["nodata"] or nodata is None:
+        return False
+    info = np.iinfo(ds.dtypes[band - 1])
+    return float(nodata).is_integer() and info.min <= nodata <= info.max
 
 
 def stretch_limits(ds, bands: list[int], low: float, high: float, path) -> tuple[np.ndarray, np.ndarray, int]:
@@ -203,9 +218,9 @@ class RasterSource:
     def scale(self, data: np.ndarray) -> torch.Tensor:
         """Stored values -> float (3, h, w) in [-1, 1]."""
         if self.lo is None:
-            return torch.from_numpy(data).float() / 127.5 - 1
+            return torch.from_numpy(data).float().div_(127.5).sub_(1)
         x = torch.from_numpy(np.nan_to_num(data.astype(np.float32)))
-        return ((x - self.lo) / (self.hi - self.lo)).clamp(0, 1) * 2 - 1
+        return x.sub_(self.lo).div_(self.hi - self.lo).clamp_(0, 1).mul_(2).sub_(1)
 
     def read(self, y0, y1, x0, x1):
         data, valid = self.read_raw(y0, y1, x0, x1)
@@ -213,92 +228,10 @@ class RasterSource:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Writing rasters
+# Writing rasters (the files themselves: cog.py)
 
 
-def tiff_profile(width, height, crs=None, transform=None, count=3) -> dict:
-    """A tiled, compressed uint8 GTiff for the working output (512 px blocks, fast deflate)."""
-    profile = {"driver": "GTiff", "width": width, "height": height, "count": count, "dtype": "uint8",
-               "tiled": True, "blockxsize": 512, "blockysize": 512, "compress": "deflate", "zlevel": 1,
-               "photometric": "RGB" if count == 3 else "MINISBLACK", "BIGTIFF": "IF_SAFER"}
-    if crs is not None:
-        profile["crs"] = crs
-    if transform is not None:
-        profile["transform"] = transform
-    return profile
-
-
-class GeoTiffSink:
-    """Writes uint8 RGB windows and their validity into an open GTiff: as its internal mask, or as a
-    4th (alpha) band for PNG output."""
-
-    def __init__(self, dst, alpha: bool = False, top: int = 0):
-        self.dst, self.alpha, self.top = dst, alpha, top  # top: the row of the image dst starts at
-
-    def write(self, y, x, rgb, valid):
-        from rasterio.windows import Window
-        h, w = rgb.shape[1:]
-        win = Window(x, y - self.top, w, h)
-        pixels = to_uint8(rgb)
-        mask = valid.numpy().astype(np.uint8) * 255
-        pixels[:, mask == 0] = 0
-        self.dst.write(pixels, indexes=[1, 2, 3], window=win)
-        if self.alpha:
-            self.dst.write(mask, 4, window=win)
-        else:
-            self.dst.write_mask(mask, window=win)
-
-
-def create_tiff(path: Path, width, height, crs, transform, alpha: bool):
-    """Open a new working GTiff for GeoTiffSink (RGB, plus alpha when `alpha`)."""
-    import rasterio
-    from rasterio.enums import ColorInterp
-    dst = rasterio.open(path, "w", **tiff_profile(width, height, crs, transform, 4 if alpha else 3))
-    if alpha:
-        dst.colorinterp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha]
-    return dst
-
-
-def publish(work: Path, out: Path, fmt: str):
-    """Turn the working GTiff into the final file: a Cloud-Optimized GeoTIFF (deflate, 512 px tiles,
-    overviews; a plain tiled GTiff with overviews where GDAL has no COG driver) or a PNG, written
-    under a temp name in the output folder and renamed into place."""
-    import rasterio
-    import rasterio.shutil
-    tmp = out.with_name(f".{out.name}.tmp{out.suffix}")
-    try:
-        if fmt == "png":
-            rasterio.shutil.copy(work, tmp, driver="PNG")
-        elif has_driver("COG"):
-            rasterio.shutil.copy(work, tmp, driver="COG", COMPRESS="DEFLATE", BLOCKSIZE=512,
-                                 OVERVIEWS="AUTO", OVERVIEW_RESAMPLING="AVERAGE", BIGTIFF="IF_SAFER")
-        else:
-            with rasterio.open(work, "r+") as ds:
-                ds.build_overviews(overview_factors(ds.width, ds.height))
-            rasterio.shutil.copy(work, tmp, driver="GTiff", COPY_SRC_OVERVIEWS="YES", TILED="YES",
-                                 COMPRESS="DEFLATE", BLOCKXSIZE=512, BLOCKYSIZE=512, BIGTIFF="IF_SAFER")
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def has_driver(name: str) -> bool:
-    """Whether this GDAL build has the named driver."""
-    import rasterio
-    with rasterio.Env() as env:
-        return name in env.drivers()
-
-
-def overview_factors(width, height) -> list[int]:
-    """2, 4, 8, ... until the coarsest level fits in one 512 px tile."""
-    factors, f = [], 2
-    while max(width, height) / (f // 2) > 512:
-        factors.append(f)
-        f *= 2
-    return factors
-
-
-def resample_back(work: Path, ds, bands: list[int], target: Path, alpha: bool, rows: int = 512):
+def resample_back(work: Path, ds, bands: list[int], target: Path, alpha: bool, overviews: bool, rows: int = 512):
     """Bring the working-resolution result back onto the input's grid (bilinear, through a GDAL warped
     view, read window by window), masked where the input is invalid or the work had no data."""
     from rasterio.enums import Resampling
@@ -307,12 +240,14 @@ def resample_back(work: Path, ds, bands: list[int], target: Path, alpha: bool, r
     import rasterio
     with rasterio.open(work) as src, WarpedVRT(src, crs=ds.crs, transform=ds.transform, width=ds.width,
                                                height=ds.height, resampling=Resampling.bilinear) as vrt, \
-            create_tiff(target, ds.width, ds.height, ds.crs, ds.transform, alpha) as dst:
+            contextlib.ExitStack() as files:
+        sink = cog.open_sink(files, target, ds.width, ds.height, ds.crs, ds.transform, alpha, overviews=overviews)
         for y in range(0, ds.height, rows):
             win = Window(0, y, ds.width, min(rows, ds.height - y))
             rgb = vrt.read([1, 2, 3], window=win)
             valid = valid_mask(ds, bands, win) & (vrt.read_masks(1, window=win) > 0)
-            GeoTiffSink(dst, alpha).write(y, 0, torch.from_numpy(rgb).float() / 127.5 - 1, torch.from_numpy(valid))
+            sink.write_uint8(y, 0, rgb, valid)
+        sink.finish()
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -428,26 +363,38 @@ def predict_picture(G, path: Path, out_dir: Path, opts: Options, progress=False,
 
 
 def translate_to_tiff(G, source, work: Path, engine: Engine, crs, transform, alpha=False, progress=False,
-                      rows=None, stats=None) -> int:
-    """Run the engine into a new working GTiff (only the output rows `rows`, if given, for a part);
-    returns the number of valid pixels written."""
+                      rows=None, stats=None, overviews=False) -> int:
+    """Run the engine into a new working GTiff (only the output rows `rows`, if given, for a part;
+    with its overview files when `overviews` and the engine's column blocks allow them); returns the
+    number of valid pixels written."""
     top, bottom = rows or (0, source.height)
     if rows is not None and transform is not None:
         transform = transform @ transform.translation(0, top)
-    with create_tiff(work, source.width, bottom - top, crs, transform, alpha) as dst:
-        return engine.run(G, source, GeoTiffSink(dst, alpha, top), progress, rows, stats)
+    overviews = overviews and rows is None and cog.overviews_fit(source.width, source.height, engine.block)
+    with contextlib.ExitStack() as files:
+        sink = cog.open_sink(files, work, source.width, bottom - top, crs, transform, alpha, top, overviews)
+        valid = engine.run(G, source, sink, progress, rows, stats)
+        sink.finish()
+    if stats is not None:
+        stats["overviews"] = overviews
+    return valid
 
 
-def finish(work: Path, grid: Path, out: Path, fmt: str, valid: int, alpha=False, back=None):
+def finish(work: Path, grid: Path, out: Path, fmt: str, valid: int, alpha=False, back=None, overviews=False,
+           stats=None):
     """Turn a complete working GTiff into `out`: refuse it when no pixel is valid, resample it back
-    to the input grid (`back` = (dataset, bands)) into `grid`, publish."""
+    to the input grid (`back` = (dataset, bands)) into `grid`, publish (with the work's overview
+    files, if it has them)."""
     if not valid:
         raise InputError(f"{out.stem}: every pixel is nodata or masked; nothing to translate")
+    start = time.perf_counter()
     if back is not None:
-        resample_back(work, *back, grid, alpha)
-        work.unlink()
-        work = grid
-    publish(work, out, fmt)
+        resample_back(work, *back, grid, alpha, overviews=fmt == "tif")
+        cog.remove(work)
+        work, overviews = grid, fmt == "tif"
+    cog.publish(work, out, fmt, overviews)
+    if stats is not None:
+        stats["publish"] = stats.get("publish", 0.0) + time.perf_counter() - start
 
 
 def write_via_tiff(G, source, out: Path, fmt: str, engine: Engine, crs, transform, alpha=False,
@@ -456,12 +403,13 @@ def write_via_tiff(G, source, out: Path, fmt: str, engine: Engine, crs, transfor
     grid (`back` = (dataset, bands)), then publish it as `out`. Temp files never outlive the call."""
     work = out.with_name(f".{out.stem}.work.tif")
     grid = out.with_name(f".{out.stem}.grid.tif")
+    stats = {} if stats is None else stats
     try:
-        valid = translate_to_tiff(G, source, work, engine, crs, transform, alpha, progress, stats=stats)
-        finish(work, grid, out, fmt, valid, alpha, back)
+        valid = translate_to_tiff(G, source, work, engine, crs, transform, alpha, progress, stats=stats,
+                                  overviews=fmt == "tif" and back is None)
+        finish(work, grid, out, fmt, valid, alpha, back, stats["overviews"], stats)
     finally:
-        work.unlink(missing_ok=True)
-        grid.unlink(missing_ok=True)
+        cog.remove(work, grid)
     return out
 
 
@@ -583,24 +531,24 @@ def assemble(path: Path, out_dir: Path, opts: Options, n: int, rows: int = 512) 
                 if missing:
                     raise InputError(f"{path}: part {missing[0]} is missing; with several machines, --out must "
                                      f"be a folder all of them see (a shared file system)")
-                valid = 0
-                with create_tiff(work, plan.width, plan.height, ds.crs, plan.transform, plan.alpha) as dst:
-                    top = 0
+                valid, top = 0, 0
+                overviews = plan.fmt == "tif" and not plan.resampled
+                with contextlib.ExitStack() as files:
+                    sink = cog.open_sink(files, work, plan.width, plan.height, ds.crs, plan.transform, plan.alpha,
+                                         overviews=overviews)
                     for part in parts:
                         with rasterio.open(part) as src:
                             for y in range(0, src.height, rows):
                                 win = Window(0, y, src.width, min(rows, src.height - y))
-                                out = Window(0, top + y, src.width, win.height)
-                                dst.write(src.read(window=win), window=out)
                                 mask = src.read(4, window=win) if plan.alpha else src.read_masks(1, window=win)
+                                sink.write_uint8(top + y, 0, src.read([1, 2, 3], window=win), mask > 0)
                                 valid += int(np.count_nonzero(mask))
-                                if not plan.alpha:
-                                    dst.write_mask(mask, window=out)
                             top += src.height
-                finish(work, grid, plan.out, plan.fmt, valid, plan.alpha, (ds, plan.bands) if plan.resampled else None)
+                    sink.finish()
+                finish(work, grid, plan.out, plan.fmt, valid, plan.alpha, (ds, plan.bands) if plan.resampled else None,
+                       overviews)
             finally:
-                for p in (work, grid, *parts):
-                    p.unlink(missing_ok=True)
+                cog.remove(work, grid, *parts)
     return plan.out
 
 

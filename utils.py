@@ -204,7 +204,7 @@ def ordinary_mode(path, folder=False):
 
 
 def atomic_write(path, write, mode="wb"):
-    """write(f) into a temp file in path's folder, fsync, then os.replace: a crash at any instant
+    """write(f) into a temp file in path's folder, then replace_durably: a crash at any instant
     leaves either the old file or the new one, never a torn one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -213,15 +213,25 @@ def atomic_write(path, write, mode="wb"):
         ordinary_mode(tmp)
         with os.fdopen(fd, mode) as f:
             write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        replace_durably(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+
+
+def replace_durably(tmp, path):
+    """Put the finished file tmp in path's place: its bytes on disk first (fsync), then the rename,
+    then the rename itself (fsync of the folder). After a crash or power loss, path is the old file
+    or the whole new one."""
+    fd = os.open(tmp, os.O_RDONLY)
     try:
-        os.fsync(dir_fd)  # make the rename itself durable
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dir_fd = os.open(Path(path).parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
 
@@ -339,13 +349,13 @@ def to_image(x: torch.Tensor) -> Image.Image:
 
 
 def save_image(img: Image.Image, path, **kw):
-    """img.save to a temp file next to path, then os.replace: a reader never sees half an image."""
+    """img.save to a temp file next to path, then replace_durably: a reader never sees half an image."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
     try:
         img.save(tmp, **kw)
-        os.replace(tmp, path)
+        replace_durably(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 

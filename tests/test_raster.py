@@ -10,6 +10,8 @@ rasterio = pytest.importorskip("rasterio")
 from rasterio.transform import from_origin  # noqa: E402
 
 import bench_raster  # noqa: E402
+import cog  # noqa: E402
+import predict  # noqa: E402
 import raster  # noqa: E402
 import tiles  # noqa: E402
 from conftest import ROOT  # noqa: E402
@@ -68,6 +70,112 @@ def test_geotiff_keeps_grid_and_masks_nodata(tmp_path, weights):
         img = out.read()
     np.testing.assert_array_equal(mask == 0, nodata)
     assert (img[:, nodata] == 0).all() and img[:, ~nodata].std() > 0
+
+
+@pytest.mark.parametrize("dtype,nodata", [("uint8", 0), ("uint8", 255), ("uint16", 0), ("uint16", 40000),
+                                          ("int16", -9999), ("int16", 0), ("uint16", 1.5), ("float32", 7.0)])
+def test_validity_from_the_values_equals_gdals_mask(tmp_path, dtype, nodata):
+    """The engine decides validity from the values it has read where the mask is only a nodata value;
+    that must be GDAL's own mask, nodata values GDAL cannot hold in the type included (all valid)."""
+    rng = np.random.default_rng(1)
+    info = np.iinfo(dtype) if dtype != "float32" else np.finfo(dtype)
+    data = rng.integers(max(info.min, -10000), min(info.max, 50000), (3, 40, 50)).astype(dtype)
+    if float(nodata).is_integer() and info.min <= nodata <= info.max:
+        data[:, :10, :10] = nodata
+        data[1, 30:, 30:] = nodata  # invalid in one band only: the pixel is invalid
+    path = write_tif(tmp_path / "n.tif", data, nodata=nodata)
+    with rasterio.open(path) as ds:
+        win = rasterio.windows.Window(5, 3, 40, 30)
+        bands = [3, 1, 2]
+        expected = np.all(ds.read_masks(bands, window=win) > 0, axis=0)
+        got = raster.valid_mask(ds, bands, win, ds.read(bands, window=win))
+    assert got.dtype == bool and got.shape == (30, 40)
+    assert np.array_equal(got, expected)
+    assert expected.all() == (not (float(nodata).is_integer() and info.min <= nodata <= info.max))
+
+
+def test_halve_is_the_mean_of_the_valid_pixels():
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (3, 7, 9), dtype=np.uint8)  # odd sizes: the last row and column pair with nothing
+    valid = rng.random((7, 9)) > 0.3
+    valid[:2, :2] = False  # a cell with no valid pixel
+    got, got_valid = cog.halve(pixels * valid, valid)
+    assert got.shape == (3, 4, 5) and got_valid.shape == (4, 5)
+    for i in range(4):
+        for j in range(5):
+            v = valid[2 * i:2 * i + 2, 2 * j:2 * j + 2]
+            assert got_valid[i, j] == v.any()
+            cell = pixels[:, 2 * i:2 * i + 2, 2 * j:2 * j + 2][:, v].astype(float)
+            expected = np.floor(cell.mean(1) + 0.5) if v.any() else np.zeros(3)
+            assert np.array_equal(got[:, i, j], expected), (i, j)
+
+
+def test_overviews_are_the_sinks_whether_in_blocks_or_whole(tmp_path, weights, monkeypatch):
+    """The COG's overviews are 2x2 means of the valid pixels, level after level (as GDAL's average
+    makes them), the same when the engine writes column blocks; and they are the ones the sink built
+    beside the network: a sink made to build other overviews changes them."""
+    data, _ = scene(h=1100, w=1300)
+    src = write_tif(tmp_path / "in" / "scene.tif", data, nodata=0)
+    outs = []
+    for block in (256, 4096):
+        r = run_predict("--weights", weights, "--input", src, "--out", tmp_path / f"out{block}", "--bands", "3,2,1",
+                        "--eval", "--block", block)
+        assert r.returncode == 0, r.stderr
+        assert sorted(p.name for p in (tmp_path / f"out{block}").iterdir()) == ["scene.tif"]  # no overview file left
+        outs.append(tmp_path / f"out{block}" / "scene.tif")
+    for out in outs:
+        with rasterio.open(out) as ds:
+            assert ds.overviews(1) == [2, 4]
+            pixels, valid = ds.read(), ds.dataset_mask() > 0
+        for level in range(2):
+            pixels, valid = cog.halve(pixels, valid)
+            with rasterio.open(out, overview_level=level) as ds:
+                assert np.array_equal(ds.read(), pixels * valid), (out, level)
+                assert np.array_equal(ds.read_masks(1) > 0, valid), (out, level)
+
+    halve = cog.halve
+
+    def darker(pixels, valid):
+        mean, any_valid = halve(pixels, valid)
+        return mean // 2, any_valid
+
+    monkeypatch.setattr(cog, "halve", darker)
+    args, opts = predict.parse(["--weights", str(weights), "--input", str(src), "--out", str(tmp_path / "own"),
+                                "--bands", "3,2,1", "--eval", "--device", "cpu"])
+    G, config = predict.load(args.weights, torch.device("cpu"), args.amp, args.eval)
+    opts.direction = config["direction"]
+    (tmp_path / "own").mkdir()
+    out = raster.predict_file(G, src, tmp_path / "own", opts, progress=False)
+    with rasterio.open(out) as ds, rasterio.open(outs[1]) as whole:
+        assert np.array_equal(ds.read(), whole.read())
+        pixels, valid = ds.read(), ds.dataset_mask() > 0
+    for level in range(2):
+        pixels, valid = darker(pixels, valid)
+        with rasterio.open(out, overview_level=level) as ds:
+            assert np.array_equal(ds.read(), pixels), level
+
+
+def test_sink_writes_each_block_once(tmp_path):
+    """The engine hands the sink rows in tile strides, which cut across the file's 512 px blocks; the
+    sink must still write each block once (whole), or GDAL compresses and appends it twice."""
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (3, 1100, 700), dtype=np.uint8)  # noise: no block compresses away
+    valid = np.ones((1100, 700), bool)
+    valid[:300, :200] = False
+    sizes = {}
+    for name, step in (("whole", 1100), ("strides", 192)):
+        path = tmp_path / f"{name}.tif"
+        with cog.create_tiff(path, 700, 1100, CRS, TRANSFORM, alpha=False) as dst:
+            sink = cog.GeoTiffSink(dst)
+            for y in range(0, 1100, step):
+                rgb = torch.from_numpy(pixels[:, y:y + step]).float() / 127.5 - 1
+                sink.write(y, 0, rgb, torch.from_numpy(valid[y:y + step]))
+            sink.finish()
+        sizes[name] = path.stat().st_size
+        with rasterio.open(path) as ds:
+            assert np.array_equal(ds.read(), pixels * valid)
+            assert np.array_equal(ds.read_masks(1) > 0, valid)
+    assert sizes["strides"] < 1.05 * sizes["whole"], sizes
 
 
 def test_windowed_equals_whole_image(tmp_path, weights):

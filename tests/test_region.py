@@ -88,10 +88,11 @@ class FailingSink(tiles.TensorSink):
         super().write(y, x, rgb, valid)
 
 
-def test_an_error_in_the_reader_writer_or_network_reaches_the_caller():
+@pytest.mark.parametrize("pipeline", [True, False])
+def test_an_error_in_the_reader_writer_or_network_reaches_the_caller(pipeline):
     G = generator()
     x = torch.rand(3, 600, 600) * 2 - 1
-    engine = tiles.Engine(paper=False, block=256)
+    engine = tiles.Engine(paper=False, block=256, pipeline=pipeline)
     before = threading.active_count()
     with pytest.raises(Boom, match="source"):
         engine.run(G, FailingSource(x), tiles.TensorSink(600, 600))
@@ -104,6 +105,29 @@ def test_an_error_in_the_reader_writer_or_network_reaches_the_caller():
     with pytest.raises(Boom, match="network"):
         engine.run(G, tiles.TensorSource(x), tiles.TensorSink(600, 600))
     assert threading.active_count() == before  # no stage left running
+
+
+class ThreadSink(tiles.TensorSink):
+    def write(self, y, x, rgb, valid):
+        self.thread = threading.current_thread().name
+        super().write(y, x, rgb, valid)
+
+
+def test_the_stages_overlap_where_a_core_is_free(monkeypatch):
+    """auto overlaps reading and writing with the network on a GPU, and on a CPU only where the
+    network's threads leave a core to the reader and writer."""
+    monkeypatch.setattr(tiles.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    cpu = torch.device("cpu")
+    for threads, overlap in ((4, False), (3, True), (1, True)):
+        monkeypatch.setattr(torch, "get_num_threads", lambda n=threads: n)
+        assert tiles.overlap_pays(cpu) == overlap
+    assert tiles.overlap_pays(torch.device("cuda"))
+    x = torch.rand(3, 300, 300) * 2 - 1
+    for pays, thread in ((True, "tiles-write"), (False, "MainThread")):
+        monkeypatch.setattr(tiles, "overlap_pays", lambda device, pays=pays: pays)
+        sink = ThreadSink(300, 300)
+        tiles.Engine(paper=False).run(generator(), tiles.TensorSource(x), sink)
+        assert sink.thread == thread
 
 
 def test_the_mask_stays_on_the_host_when_the_image_is_on_a_device():
@@ -140,6 +164,10 @@ def same_outputs(a, b):
         with rasterio.open(a / name) as x, rasterio.open(b / name) as y:
             assert x.profile == y.profile and x.overviews(1) == y.overviews(1), name
             assert np.array_equal(x.read(), y.read()) and np.array_equal(x.dataset_mask(), y.dataset_mask()), name
+            levels = len(x.overviews(1))
+        for level in range(levels):
+            with rasterio.open(a / name, overview_level=level) as x, rasterio.open(b / name, overview_level=level) as y:
+                assert np.array_equal(x.read(), y.read()) and np.array_equal(x.read_masks(1), y.read_masks(1)), name
     return names
 
 
