@@ -1,4 +1,4 @@
-"""Raster reading and writing around the tile engine (tiles.py): bands, value scaling, masks, GeoTIFF out.
+"""Rasters in and out around the tile engine (tiles.py): bands, value scaling, masks, GeoTIFF out (cog.py).
 
     python predict.py --weights sat2map --input scene.tif --out out/ --bands 3,2,1 --gsd 1.2
 
@@ -219,7 +219,8 @@ class RasterSource:
         """Stored values -> float (3, h, w) in [-1, 1]."""
         if self.lo is None:
             return torch.from_numpy(data).float().div_(127.5).sub_(1)
-        x = torch.from_numpy(np.nan_to_num(data.astype(np.float32)))
+        x = data.astype(np.float32)
+        x = torch.from_numpy(x if data.dtype.kind in "iu" else np.nan_to_num(x, copy=False))
         return x.sub_(self.lo).div_(self.hi - self.lo).clamp_(0, 1).mul_(2).sub_(1)
 
     def read(self, y0, y1, x0, x1):

@@ -7,8 +7,10 @@ An input is a *source* (height, width, and read(y0, y1, x0, x1) -> (image in [-1
 the host); optionally split as read_raw -> (raw, validity) and scale(raw) -> image, so the two are
 timed apart), the output goes to a *sink* (write(y, x, rgb, valid), host tensors). The engine walks
 column blocks of at most `block` px and, inside each block, rows of tiles; a row of output is written
-as soon as no later tile touches it. Three stages overlap: a reader thread (read, scale, cut tiles), the
-network on the calling thread, a writer thread (blend, write), joined by small bounded queues. A band
+as soon as no later tile touches it. Three stages: a reader (read, scale, cut tiles), the network, a
+writer (blend, write). On a GPU, or where the network's threads leave a CPU core free, the reader and
+writer are threads beside the network, joined by small bounded queues; where the network's threads
+hold every core they take turns on the calling thread instead, which is quicker there. A band
 of rows (`Engine.bands`) can be translated on its own, exactly as in the whole run: that is how
 predict.py shares one raster between processes. raster.py supplies GeoTIFF sources and sinks;
 `translate` is the in-memory form.
