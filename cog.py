@@ -81,9 +81,13 @@ def overview_path(path: Path, factor: int) -> Path:
 
 
 def overviews_fit(width, height, block: int | None) -> bool:
-    """Whether overviews can be built from rows written in column blocks `block` px wide (None: the
-    whole width at once): every level must halve each block's left edge exactly."""
-    return block is None or width <= block or block % (1 << len(overview_factors(width, height))) == 0
+    """Whether the sink can build the overviews from rows written in column blocks `block` px wide
+    (None: the whole width at once). Every level must halve the image, and each block's left edge,
+    exactly: then its 2x2 means are GDAL's AVERAGE overviews, pixel for pixel, and a run's output is
+    the same whoever builds them (one process's sink, torchrun's assembly, or GDAL). Otherwise GDAL
+    builds them (its levels are then floor-halved, not 2x2 cells)."""
+    levels = 1 << len(overview_factors(width, height))
+    return width % levels == 0 and height % levels == 0 and (block is None or width <= block or block % levels == 0)
 
 
 def halve(pixels: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -196,12 +200,16 @@ def publish(work: Path, out: Path, fmt: str, overviews=False):
     into place."""
     import rasterio
     import rasterio.shutil
+    from rasterio.enums import Resampling
     tmp = out.with_name(f".{out.name}.tmp{out.suffix}")
-    vrt = work.with_suffix(".vrt")
+    vrt = work.with_suffix(".vrt") if overviews and fmt != "png" else None
     # the engine is done: every core may compress tiles and build overviews (unless the user said otherwise)
     threads = os.environ.get("GDAL_NUM_THREADS", "ALL_CPUS")
     try:
-        source = with_overviews(work, vrt) if overviews and fmt != "png" else work
+        if vrt is not None:
+            # a VRT left by a killed run: GDAL, writing over it, would delete the overview files it names
+            vrt.unlink(missing_ok=True)
+        source = work if vrt is None else with_overviews(work, vrt)
         with rasterio.Env(GDAL_NUM_THREADS=threads):
             if fmt == "png":
                 rasterio.shutil.copy(work, tmp, driver="PNG")
@@ -212,14 +220,15 @@ def publish(work: Path, out: Path, fmt: str, overviews=False):
             else:
                 if not overviews:
                     with rasterio.open(work, "r+") as ds:
-                        ds.build_overviews(overview_factors(ds.width, ds.height))
+                        ds.build_overviews(overview_factors(ds.width, ds.height), Resampling.average)
                 rasterio.shutil.copy(source, tmp, driver="GTiff", COPY_SRC_OVERVIEWS="YES", TILED="YES",
                                      NUM_THREADS=threads, COMPRESS="DEFLATE", BLOCKXSIZE=BLOCK, BLOCKYSIZE=BLOCK,
                                      BIGTIFF="IF_SAFER")
         replace_durably(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
-        vrt.unlink(missing_ok=True)
+        if vrt is not None:
+            vrt.unlink(missing_ok=True)
 
 
 def has_driver(name: str) -> bool:

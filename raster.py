@@ -390,9 +390,11 @@ def finish(work: Path, grid: Path, out: Path, fmt: str, valid: int, alpha=False,
         raise InputError(f"{out.stem}: every pixel is nodata or masked; nothing to translate")
     start = time.perf_counter()
     if back is not None:
-        resample_back(work, *back, grid, alpha, overviews=fmt == "tif")
+        ds = back[0]
+        overviews = fmt == "tif" and cog.overviews_fit(ds.width, ds.height, None)
+        resample_back(work, *back, grid, alpha, overviews=overviews)
         cog.remove(work)
-        work, overviews = grid, fmt == "tif"
+        work = grid
     cog.publish(work, out, fmt, overviews)
     if stats is not None:
         stats["publish"] = stats.get("publish", 0.0) + time.perf_counter() - start
@@ -533,7 +535,7 @@ def assemble(path: Path, out_dir: Path, opts: Options, n: int, rows: int = 512) 
                     raise InputError(f"{path}: part {missing[0]} is missing; with several machines, --out must "
                                      f"be a folder all of them see (a shared file system)")
                 valid, top = 0, 0
-                overviews = plan.fmt == "tif" and not plan.resampled
+                overviews = plan.fmt == "tif" and not plan.resampled and cog.overviews_fit(plan.width, plan.height, None)
                 with contextlib.ExitStack() as files:
                     sink = cog.open_sink(files, work, plan.width, plan.height, ds.crs, plan.transform, plan.alpha,
                                          overviews=overviews)

@@ -229,9 +229,15 @@ def replace_durably(tmp, path):
     finally:
         os.close(fd)
     os.replace(tmp, path)
-    dir_fd = os.open(Path(path).parent, os.O_RDONLY)
+    try:
+        dir_fd = os.open(Path(path).parent, os.O_RDONLY)
+    except OSError:  # a folder that cannot be opened (Windows) cannot be synced either
+        return
     try:
         os.fsync(dir_fd)
+    except OSError as e:  # some network and FUSE file systems cannot sync a folder; the file is in place
+        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
     finally:
         os.close(dir_fd)
 

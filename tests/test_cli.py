@@ -86,6 +86,23 @@ def test_evaluate_input_folder_and_per_image_ious(tmp_path, weights):
     assert own["iou_road"] == 1 and own["iou_water"] is None and own["miou_structure"] == 1
 
 
+def test_a_folder_that_cannot_be_synced_still_gets_the_file(tmp_path, monkeypatch):
+    """Some network and FUSE file systems refuse to fsync a folder; the file is in place by then, and
+    the command must not fail (a download would otherwise be fetched again)."""
+    import errno
+    import stat
+    fsync = os.fsync
+
+    def refuse_folders(fd):
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "Invalid argument")
+        fsync(fd)
+
+    monkeypatch.setattr(utils.os, "fsync", refuse_folders)
+    utils.atomic_write_text(tmp_path / "config.json", "{}")
+    assert (tmp_path / "config.json").read_text() == "{}" and os.listdir(tmp_path) == ["config.json"]
+
+
 @pytest.mark.parametrize("umask", [0o022, 0o077])
 def test_atomic_writes_honour_the_umask(tmp_path, umask):
     old = os.umask(umask)

@@ -110,28 +110,85 @@ def test_halve_is_the_mean_of_the_valid_pixels():
             assert np.array_equal(got[:, i, j], expected), (i, j)
 
 
+def gdal_overviews(cog_file, folder):
+    """GDAL's own AVERAGE overviews of a COG's full-resolution pixels and mask: [(pixels, mask)] per level."""
+    import rasterio.shutil
+    folder.mkdir()
+    with rasterio.open(cog_file) as ds:
+        pixels, mask, size = ds.read(), ds.dataset_mask(), (ds.width, ds.height)
+    with cog.create_tiff(folder / "plain.tif", *size, CRS, TRANSFORM, alpha=False) as dst:
+        dst.write(pixels)
+        dst.write_mask(mask)
+    rasterio.shutil.copy(folder / "plain.tif", folder / "gdal.tif", driver="COG", OVERVIEW_RESAMPLING="AVERAGE")
+    levels = []
+    with rasterio.open(folder / "gdal.tif") as ds:
+        count = len(ds.overviews(1))
+    for level in range(count):
+        with rasterio.open(folder / "gdal.tif", overview_level=level) as ds:
+            levels.append((ds.read(), ds.read_masks(1)))
+    return levels
+
+
+def test_sizes_the_levels_do_not_halve_leave_the_overviews_to_gdal(tmp_path, weights):
+    """1301 x 1101 px: 2x2 cells do not tile the levels, whose sizes GDAL rounds down; GDAL builds them."""
+    data, _ = scene(h=1101, w=1301)
+    src = write_tif(tmp_path / "in" / "scene.tif", data, nodata=0)
+    r = run_predict("--weights", weights, "--input", src, "--out", tmp_path / "out", "--bands", "3,2,1", "--eval")
+    assert r.returncode == 0, r.stderr
+    gdal = gdal_overviews(tmp_path / "out" / "scene.tif", tmp_path / "gdal")
+    assert [level[1].shape for level in gdal] == [(550, 650), (275, 325)]
+    for level, (pixels, mask) in enumerate(gdal):
+        with rasterio.open(tmp_path / "out" / "scene.tif", overview_level=level) as ds:
+            assert np.array_equal(ds.read(), pixels) and np.array_equal(ds.read_masks(1), mask)
+
+
+def test_files_left_by_a_killed_run_do_not_spoil_the_next(tmp_path, weights):
+    """A run killed while GDAL copies the COG leaves its working file, overview files and VRT; GDAL,
+    asked to write a VRT over the old one, deletes the overview files it names (the new run's)."""
+    import contextlib
+    data, _ = scene(h=1100, w=1300)
+    src = write_tif(tmp_path / "in" / "scene.tif", data, nodata=0)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    work = out_dir / ".scene.work.tif"
+    with contextlib.ExitStack() as files:
+        sink = cog.open_sink(files, work, 1300, 1100, CRS, TRANSFORM, overviews=True)
+        sink.write_uint8(0, 0, np.zeros((3, 1100, 1300), np.uint8), np.ones((1100, 1300), bool))
+        sink.finish()
+    cog.with_overviews(work, work.with_suffix(".vrt"))
+    assert len(list(out_dir.iterdir())) == 4  # work, 2 overview files, VRT
+    r = run_predict("--weights", weights, "--input", src, "--out", out_dir, "--bands", "3,2,1", "--eval")
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in out_dir.iterdir()) == ["scene.tif"]
+    with rasterio.open(out_dir / "scene.tif") as ds:
+        assert ds.overviews(1) == [2, 4] and ds.read().std() > 0
+
+
 def test_overviews_are_the_sinks_whether_in_blocks_or_whole(tmp_path, weights, monkeypatch):
-    """The COG's overviews are 2x2 means of the valid pixels, level after level (as GDAL's average
-    makes them), the same when the engine writes column blocks; and they are the ones the sink built
-    beside the network: a sink made to build other overviews changes them."""
+    """The COG's overviews are 2x2 means of the valid pixels, level after level: GDAL's AVERAGE
+    overviews pixel for pixel, the same whether the engine writes column blocks from a writer thread
+    or the whole width; and they are the ones the sink built beside the network: a sink made to build
+    other overviews changes them."""
     data, _ = scene(h=1100, w=1300)
     src = write_tif(tmp_path / "in" / "scene.tif", data, nodata=0)
     outs = []
-    for block in (256, 4096):
+    for block, pipeline in ((256, "on"), (4096, "off")):
         r = run_predict("--weights", weights, "--input", src, "--out", tmp_path / f"out{block}", "--bands", "3,2,1",
-                        "--eval", "--block", block)
+                        "--eval", "--block", block, "--pipeline", pipeline)
         assert r.returncode == 0, r.stderr
         assert sorted(p.name for p in (tmp_path / f"out{block}").iterdir()) == ["scene.tif"]  # no overview file left
         outs.append(tmp_path / f"out{block}" / "scene.tif")
+    gdal = gdal_overviews(outs[0], tmp_path / "gdal")
     for out in outs:
         with rasterio.open(out) as ds:
-            assert ds.overviews(1) == [2, 4]
+            assert ds.overviews(1) == [2, 4] and ds.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
             pixels, valid = ds.read(), ds.dataset_mask() > 0
         for level in range(2):
             pixels, valid = cog.halve(pixels, valid)
             with rasterio.open(out, overview_level=level) as ds:
                 assert np.array_equal(ds.read(), pixels * valid), (out, level)
                 assert np.array_equal(ds.read_masks(1) > 0, valid), (out, level)
+                assert np.array_equal(ds.read(), gdal[level][0]) and np.array_equal(ds.read_masks(1), gdal[level][1])
 
     halve = cog.halve
 
