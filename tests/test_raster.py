@@ -130,13 +130,13 @@ def gdal_overviews(cog_file, folder):
 
 
 def test_sizes_the_levels_do_not_halve_leave_the_overviews_to_gdal(tmp_path, weights):
-    """1301 x 1101 px: 2x2 cells do not tile the levels, whose sizes GDAL rounds down; GDAL builds them."""
-    data, _ = scene(h=1101, w=1301)
+    """1301 x 301 px: 2x2 cells do not tile the levels, whose sizes GDAL rounds down; GDAL builds them."""
+    data, _ = scene(h=301, w=1301)
     src = write_tif(tmp_path / "in" / "scene.tif", data, nodata=0)
     r = run_predict("--weights", weights, "--input", src, "--out", tmp_path / "out", "--bands", "3,2,1", "--eval")
     assert r.returncode == 0, r.stderr
     gdal = gdal_overviews(tmp_path / "out" / "scene.tif", tmp_path / "gdal")
-    assert [level[1].shape for level in gdal] == [(550, 650), (275, 325)]
+    assert [level[1].shape for level in gdal] == [(150, 650), (75, 325)]
     for level, (pixels, mask) in enumerate(gdal):
         with rasterio.open(tmp_path / "out" / "scene.tif", overview_level=level) as ds:
             assert np.array_equal(ds.read(), pixels) and np.array_equal(ds.read_masks(1), mask)
@@ -146,14 +146,14 @@ def test_files_left_by_a_killed_run_do_not_spoil_the_next(tmp_path, weights):
     """A run killed while GDAL copies the COG leaves its working file, overview files and VRT; GDAL,
     asked to write a VRT over the old one, deletes the overview files it names (the new run's)."""
     import contextlib
-    data, _ = scene(h=1100, w=1300)
+    data, _ = scene(h=300, w=1100)
     src = write_tif(tmp_path / "in" / "scene.tif", data, nodata=0)
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     work = out_dir / ".scene.work.tif"
     with contextlib.ExitStack() as files:
-        sink = cog.open_sink(files, work, 1300, 1100, CRS, TRANSFORM, overviews=True)
-        sink.write_uint8(0, 0, np.zeros((3, 1100, 1300), np.uint8), np.ones((1100, 1300), bool))
+        sink = cog.open_sink(files, work, 1100, 300, CRS, TRANSFORM, overviews=True)
+        sink.write_uint8(0, 0, np.zeros((3, 300, 1100), np.uint8), np.ones((300, 1100), bool))
         sink.finish()
     cog.with_overviews(work, work.with_suffix(".vrt"))
     assert len(list(out_dir.iterdir())) == 4  # work, 2 overview files, VRT
@@ -169,7 +169,7 @@ def test_overviews_are_the_sinks_whether_in_blocks_or_whole(tmp_path, weights, m
     overviews pixel for pixel, the same whether the engine writes column blocks from a writer thread
     or the whole width; and they are the ones the sink built beside the network: a sink made to build
     other overviews changes them."""
-    data, _ = scene(h=1100, w=1300)
+    data, _ = scene(h=300, w=1100)
     src = write_tif(tmp_path / "in" / "scene.tif", data, nodata=0)
     outs = []
     for block, pipeline in ((256, "on"), (4096, "off")):
