@@ -74,8 +74,9 @@ def peak_rss_mb() -> float:
 
 
 def child(argv: list[str]):
-    """Run predict.py's argv on its input in this process (--repeat N: N times, each followed by the network alone, keeping the quickest of each) and print
-    one JSON line: seconds, peak RSS before/after, stage times, and the network alone on the same tiles."""
+    """Run predict.py's argv on its input in this process (--repeat N: N times, each run followed by
+    the network alone, keeping the quickest of each) and print one JSON line: seconds, peak RSS
+    before/after, stage times, and the network alone on the same tiles."""
     import rasterio  # noqa: F401 -- loading GDAL happens once per process: startup, like the weights
     import predict
     import raster

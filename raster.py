@@ -366,18 +366,14 @@ def predict_picture(G, path: Path, out_dir: Path, opts: Options, progress=False,
 def translate_to_tiff(G, source, work: Path, engine: Engine, crs, transform, alpha=False, progress=False,
                       rows=None, stats=None, overviews=False) -> int:
     """Run the engine into a new working GTiff (only the output rows `rows`, if given, for a part;
-    with its overview files when `overviews` and the engine's column blocks allow them); returns the
-    number of valid pixels written."""
+    with its overview files when `overviews`); returns the number of valid pixels written."""
     top, bottom = rows or (0, source.height)
     if rows is not None and transform is not None:
         transform = transform @ transform.translation(0, top)
-    overviews = overviews and rows is None and cog.overviews_fit(source.width, source.height, engine.block)
     with contextlib.ExitStack() as files:
         sink = cog.open_sink(files, work, source.width, bottom - top, crs, transform, alpha, top, overviews)
         valid = engine.run(G, source, sink, progress, rows, stats)
         sink.finish()
-    if stats is not None:
-        stats["overviews"] = overviews
     return valid
 
 
@@ -406,11 +402,11 @@ def write_via_tiff(G, source, out: Path, fmt: str, engine: Engine, crs, transfor
     grid (`back` = (dataset, bands)), then publish it as `out`. Temp files never outlive the call."""
     work = out.with_name(f".{out.stem}.work.tif")
     grid = out.with_name(f".{out.stem}.grid.tif")
-    stats = {} if stats is None else stats
+    overviews = fmt == "tif" and back is None and cog.overviews_fit(source.width, source.height, engine.block)
     try:
         valid = translate_to_tiff(G, source, work, engine, crs, transform, alpha, progress, stats=stats,
-                                  overviews=fmt == "tif" and back is None)
-        finish(work, grid, out, fmt, valid, alpha, back, stats["overviews"], stats)
+                                  overviews=overviews)
+        finish(work, grid, out, fmt, valid, alpha, back, overviews, stats)
     finally:
         cog.remove(work, grid)
     return out
