@@ -173,7 +173,7 @@ def measured(key: str, paths: list, make_net, x: torch.Tensor, timer, log=None) 
                 "it runs again next time")
     if log:
         rates = ", ".join(f"{label} {len(x) / s:.2f}" for label, s in sorted(seconds.items(), key=lambda kv: kv[1]))
-        log(f"auto: probed {len(paths)} paths on this machine, tiles/s on batches of {len(x)}: {rates}")
+        log(f"auto: probed {len(paths)} paths on this machine, tiles/s on batches of {len(x)}, fastest first: {rates}")
     return seconds
 
 

@@ -172,12 +172,11 @@ def test_int8_is_static_qdq_per_channel_and_reports_its_cost(weights, inputs, tm
     assert weight_scales  # one scale per output channel
 
     # the same tiles find it cached; other calibration tiles make another, and the first goes
-    calibration = int8.calibration_tiles(raster.input_files(inputs), predict.options(predict.parser().parse_args(
-        ["--weights", "-", "--input", "-", "--out", "-"])))
+    calibration = int8.calibration_tiles(raster.input_files(inputs), raster.Options(tiles.Engine()))
     assert len(calibration) == 9
     again, _ = int8.open_int8(export_of(weights), weights, calibration)
     assert again.path == model
-    other, cost = int8.open_int8(export_of(weights), weights, calibration.flip(-1))
+    other, _ = int8.open_int8(export_of(weights), weights, calibration.flip(-1))
     assert other.path != model and not model.exists()
 
 
