@@ -30,8 +30,10 @@ from gradio.processing_utils import save_file_to_cache  # noqa: E402
 from gradio.utils import get_upload_folder  # noqa: E402
 from PIL import Image  # noqa: E402
 
+import backends  # noqa: E402
 import cog  # noqa: E402
 import dataset  # noqa: E402
+import int8  # noqa: E402
 import predict  # noqa: E402
 import raster  # noqa: E402
 from config import WEIGHTS_HELP, add_device, command_parser  # noqa: E402
@@ -78,11 +80,14 @@ def default_weights(weights_dir: Path) -> str:
 
 
 class Models:
-    """Generators by (label, eval mode), each prepared as predict.py prepares it, loaded on first use;
-    one lock per label, so a model runs one translation at a time."""
+    """Generators by (label, eval mode), each loaded as predict.py loads it (backends.load: the server's
+    --backend and --int8 apply to the eval mode), on first use; one lock per label, so a model runs
+    one translation at a time."""
 
-    def __init__(self, choices: dict[str, str], device):
+    def __init__(self, choices: dict[str, str], device, backend="auto", use_int8=False, calibrate=None):
         self.choices, self.device = choices, pick_device(str(device))
+        self.backend, self.int8 = backend, use_int8
+        self.calibrate = None if calibrate is None else (lambda config: int8.folder_tiles(calibrate))
         self.locks = {label: threading.Lock() for label in choices}
         self.loaded = {}
 
@@ -90,7 +95,10 @@ class Models:
         """(G, config) for a label of the server's own list; the caller holds self.locks[label]."""
         key = (label, eval_mode)
         if key not in self.loaded:
-            self.loaded[key] = predict.load(self.choices[label], self.device, eval_mode=eval_mode)
+            G, config, choice = backends.load(self.choices[label], self.device, self.backend if eval_mode else "auto",
+                                              eval_mode, int8=self.int8 and eval_mode, calibrate=self.calibrate)
+            print(f"{label}, {'eval' if eval_mode else 'paper'} mode: {choice}")
+            self.loaded[key] = G, config
         return self.loaded[key]
 
 
@@ -200,16 +208,18 @@ def blank(value):
 
 def build_app(weights: str | None = None, weights_dir: Path | str = "weights", device="cpu",
               examples: Path | str | None = "data/maps/val", max_megapixels: float | None = None,
-              queue: int = 16, concurrency: int = 1, preload: bool = False) -> gr.Blocks:
+              queue: int = 16, concurrency: int = 1, preload: bool = False, backend: str | None = None,
+              use_int8: bool = False, calibrate: str | None = None) -> gr.Blocks:
     """The Gradio app (page and API). weights: the default model (a path or pretrained name; default
     the newest weights_dir/*/G.pt, else sat2map); examples: a folder of A|B pairs; max_megapixels:
     largest PNG/JPEG accepted (predict.py's default); queue: requests waiting at most, beyond which
     a client is told to try again; concurrency: translations at once (at most one per model);
     preload: load the default model now (downloading sat2map if need be), so that a model that cannot
-    load fails before the server starts."""
+    load fails before the server starts; backend, use_int8, calibrate: --backend (None: its default),
+    --int8 and --calibrate FOLDER of the eval mode (backends.load)."""
     weights_dir = Path(weights_dir)
     choices, weights = weight_choices(weights_dir, weights or default_weights(weights_dir))
-    models = Models(choices, device)
+    models = Models(choices, device, backend or backends.default_backend(), use_int8, calibrate)
     if preload:
         models.get(weights, eval_mode=False)  # the page's default mode is the paper's
     max_megapixels = max_megapixels or dataset.MAX_PIXELS / 1e6
@@ -317,16 +327,25 @@ def main(argv=None):
     p.add_argument("--queue", type=int, default=16, help="requests that may wait; beyond, a client is told "
                    "the queue is full and to try again")
     p.add_argument("--concurrency", type=int, default=1, help="translations run at once (one per model at most)")
+    backends.add_flags(p, "eval-mode requests", "required with --int8")
     add_device(p)
     args = p.parse_args(argv)
     for flag, value in (("--max-upload-mb", args.max_upload_mb), ("--max-megapixels", args.max_megapixels),
                         ("--queue", args.queue), ("--concurrency", args.concurrency)):
         if value <= 0:
             p.error(f"{flag} {value}: expected a positive number")
+    if args.int8 and args.calibrate is None:
+        p.error("--int8 needs --calibrate FOLDER here: the server has no input to calibrate on before its requests")
+    try:
+        backends.check_flags(args.backend, True, "auto", args.int8, args.calibrate)
+    except InputError as e:
+        p.error(str(e))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # `kill` too ends through atexit's clean-up
     device = pick_device(args.device)
+    backends.check_device(args.backend, device)
     demo = build_app(args.weights, "weights", device, args.examples, args.max_megapixels, args.queue,
-                     args.concurrency, preload=True)
+                     args.concurrency, preload=True, backend=args.backend, use_int8=args.int8,
+                     calibrate=args.calibrate)
     launch(demo, args.host, args.port, args.max_upload_mb)
     return 0
 

@@ -9,13 +9,21 @@ and (--data) the data path against dataset size.
 Reference: eager float32, contiguous memory, the PIL data path (decode + resize every step),
 PyTorch's default Adam, no compile. Ours: the train.py defaults for training (cached uint8 pairs
 jittered on the device, channels-last, the --amp auto autocast (utils.amp_dtype: bf16 where the device
-runs it fast, fp16 with a GradScaler on GPUs before compute capability 8), fused Adam) and the
-predict.py --eval defaults for inference (weights in that dtype, channels-last), plus --compile.
+runs it fast, fp16 with a GradScaler on GPUs before compute capability 8), fused Adam) and, for
+inference, what predict.py --eval runs with --backend (default auto: the path its probe found fastest
+on this machine; on a GPU, the weights in the --amp auto dtype, channels-last), plus --compile (torch).
+On a CPU every inference path is a row of its own, timed as the tile engine runs it (tiles.run_tiles):
+torch float32 (contiguous, channels-last), torch bf16 where the CPU runs it natively, ONNX Runtime
+float32 and int8 (QDQ, per-channel, calibrated on random tiles). The hardware class (torch's CPU
+capability; bf16, VNNI, AMX) is printed first and sets the CPU targets.
 Times are torch.utils.benchmark medians with their interquartile range over repeated blocks; the
-device's peak is a large matmul timed in the same run, and each mode reports its share of it. FLOPs are
-counted with torch.utils.flop_counter; figures are the full-size U-Net-256 at 256x256.
+device's peak in each dtype is a large matmul timed in the same run (int8: torch._int_mm, int8 in and
+int32 out), and each row reports its share of the peak of its own dtype. FLOPs are counted with
+torch.utils.flop_counter (an int8 row does as many operations); figures are the full-size U-Net-256 at
+256x256.
 """
 import argparse
+import copy
 import itertools
 import json
 import subprocess
@@ -29,18 +37,27 @@ import torch
 from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
+import backends
 import cache
 import dataset
+import int8
+import probe
+from backends import PRECISIONS, Choice
 from config import Config, add_device, command_parser
 from discriminator import Discriminator
-from generator import Generator, init_weights
+from generator import Generator, init_weights, load_generator
+from tiles import run_tiles
 from train import gan_step, to_pair
-from utils import amp_dtype, pick_device, set_determinism
+from utils import InputError, amp_dtype, pick_device, run_command, set_determinism
 
-# Pass marks. CPU: against the reference on the same machine. One H100: absolute rates, and data
-# loading must deliver DATA_MARGIN times what the training step consumes, so it never limits it.
-TARGETS = {"cpu": {"train_speedup": 1.5, "infer_speedup": 2.0},
-           "cuda": {"train_img_per_s": 300, "train_speedup": 3.0, "infer_img_per_s": 3000, "data_margin": 5.0}}
+# Pass marks. CPU: against the reference on the same machine, by hardware class: with native bf16
+# (AVX512-BF16 or AMX) or without; and int8 against float32 (both on ONNX Runtime) where the CPU has
+# VNNI or AMX-INT8. One H100: absolute rates, and data loading must deliver DATA_MARGIN times what the
+# training step consumes, so it never limits it.
+CPU_TARGETS = {"bf16": {"train_speedup": 2.0, "infer_speedup": 2.5},
+               "no bf16": {"train_speedup": 1.0, "infer_speedup": 1.4}}
+INT8_TARGET = 2.0
+TARGETS = {"cuda": {"train_img_per_s": 300, "train_speedup": 3.0, "infer_img_per_s": 3000, "data_margin": 5.0}}
 
 
 def measure(fn, warmup: int, min_time: float) -> tuple[float, float]:
@@ -57,11 +74,17 @@ def measure(fn, warmup: int, min_time: float) -> tuple[float, float]:
     return m.median, m.iqr
 
 
-def matmul_peak(device, dtype, min_time: float) -> float:
-    """TFLOP/s of a large square matmul: the most this device gives in this dtype, measured now."""
+def matmul_peak(device, precision: str, min_time: float) -> float:
+    """TFLOP/s (TOP/s for int8) of a large square matmul: the most this device gives in this dtype,
+    measured now. int8: torch._int_mm (int8 operands, int32 results)."""
     n = 8192 if device.type == "cuda" else 4096
-    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    median, _ = measure(lambda: a @ b, 2, min_time)
+    if precision == "int8":
+        a, b = (torch.randint(-128, 128, (n, n), device=device, dtype=torch.int8) for _ in range(2))
+        median, _ = measure(lambda: torch._int_mm(a, b), 2, min_time)
+    else:
+        dtype = {v: k for k, v in PRECISIONS.items()}[precision]
+        a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+        median, _ = measure(lambda: a @ b, 2, min_time)
     return 2 * n ** 3 / median / 1e12
 
 
@@ -151,19 +174,69 @@ def bench_infer(device, fast, compile_mode, batch, warmup, min_time):
     return median, iqr, fc.get_total_flops() / batch, dtype
 
 
-def check_targets(device, fig: dict) -> dict:
-    """{name: {value, target, pass}} for this device kind's targets."""
+def bench_paths(hw, batch, warmup, min_time, backend, use_int8, calibration=None) -> tuple[dict, Choice]:
+    """The CPU's inference paths, each timed as the tile engine runs it (tiles.run_tiles, eval mode)
+    on a batch of random tiles through the full-size U-Net with random weights: ({label: (median s,
+    IQR s, precision)}, the choice predict.py --eval --backend BACKEND [--int8] makes here for that
+    model). int8 calibrates on `calibration` (tiles), else on random tiles of its own."""
+    torch.manual_seed(0)
+    tiles = torch.rand(batch + int8.CALIBRATION_TILES, 3, 256, 256) * 2 - 1
+    x, calibration = tiles[:batch], tiles[batch:] if calibration is None else calibration
+    paths = [Choice("torch", "float32"), Choice("torch", "float32", True)]
+    paths += [Choice("torch", "bfloat16", True)] * hw.bf16
+    paths += [Choice("onnxruntime", "float32"), Choice("onnxruntime", "int8")] * backends.onnxruntime_available()
+    times = {}
+    with tempfile.TemporaryDirectory() as tmp:  # the weights, and the exports cached beside them
+        weights = Path(tmp) / "G.pt"
+        torch.save({"G": init_weights(Generator()).state_dict()}, weights)
+        G, config = load_generator(weights)
+        for path in paths:
+            net = backends.open_net(path, copy.deepcopy(G), weights, config, lambda _: calibration, log=print)
+            with net.inference(False, 0):
+                median, iqr = measure(lambda: run_tiles(net, x, [(0, 0)] * batch, False, 0, batch, False),
+                                      warmup, min_time)
+            times[path.label] = median, iqr, path.precision
+            del net
+        del G
+        _, _, choice = backends.load(weights, "cpu", backend, True, "auto", use_int8, lambda _: calibration, 256,
+                                     batch, log=print)
+    return times, choice
+
+
+def check_targets(device, fig: dict, hw) -> dict:
+    """{name: {value, target, pass}} for this device kind's targets (a CPU's by its hardware class)."""
+    targets = dict(TARGETS.get(device.type, {}))
+    if device.type == "cpu":
+        targets = dict(CPU_TARGETS["bf16" if hw.bf16 else "no bf16"])
+        if hw.int8 and "int8_speedup" in fig:
+            targets["int8_speedup"] = INT8_TARGET
     out = {}
-    for name, target in TARGETS.get(device.type, {}).items():
+    for name, target in targets.items():
         value = fig["data_img_per_s"] / fig["train_img_per_s"] if name == "data_margin" else fig[name]
         out[name] = {"value": value, "target": target, "pass": value >= target}
     return out
 
 
+def ours_infer(device, hw, args, batch, warmup, min_time, flops) -> tuple[tuple, dict, Choice]:
+    """Ours inference, (median s, IQR s, FLOPs per image, precision), every CPU path's row
+    ({label: (median, IQR, precision)}) and what ours runs. On a GPU, or with --compile: the torch
+    path of predict.py (--amp auto, channels-last), compiled."""
+    if device.type != "cpu" or args.compile != "off":
+        median, iqr, flops, dtype = bench_infer(device, True, args.compile, batch, warmup, min_time)
+        why = f"--compile {args.compile} runs on torch" if args.compile != "off" else f"the device is {device.type}"
+        choice = backends.torch_choice("auto", device, True, why)
+        return (median, iqr, flops, PRECISIONS[dtype or torch.float32]), {}, choice
+    calibration = int8.folder_tiles(args.calibrate) if args.calibrate else None
+    times, choice = bench_paths(hw, batch, warmup, min_time, args.backend, args.int8, calibration)
+    return (*times[choice.label][:2], flops, choice.precision), times, choice
+
+
 def main_speed(args):
     set_determinism(args.deterministic)  # as train.py: cudnn.benchmark unless --deterministic
     device = pick_device(args.device)
+    backends.check_device(args.backend, device)
     gpu = device.type == "cuda"
+    hw = probe.hardware() if device.type == "cpu" else None
     warmup = 2 if not gpu else 30 if args.compile != "off" else 10
     min_time = (2.0 if args.quick else 10.0) if not gpu else (1.0 if args.quick else 3.0)
     batch = args.infer_batch or (64 if gpu else 4)
@@ -175,20 +248,28 @@ def main_speed(args):
         our_t = bench_train(pairs, device, True, args.compile, warmup, min_time, cfg)
         mapped_data = bench_train(pairs, device, True, "off", 1, min_time / 4, cfg, Path(tmp) / "cache", ngf=8)[4]
     ref_i = bench_infer(device, False, "off", batch, 2, min_time)
-    our_i = bench_infer(device, True, args.compile, batch, warmup, min_time)
-    peaks = {dt: matmul_peak(device, dt or torch.float32, min_time / 2) for dt in {None, our_t[3], our_i[3]}}
+    our_i, paths, choice = ours_infer(device, hw, args, batch, warmup, min_time, ref_i[2])
+    train_precision = PRECISIONS[our_t[3] or torch.float32]
+    rows = [("reference train", 1, ref_t, "float32", ref_t), ("ours train", 1, our_t, train_precision, ref_t),
+            ("reference infer", batch, ref_i, "float32", ref_i)]
+    rows += [(f"infer {label}", batch, (median, iqr, ref_i[2]), precision, ref_i)
+             for label, (median, iqr, precision) in paths.items()]
+    rows += [("ours infer", batch, our_i, our_i[3], ref_i)]
+    peaks = {precision: matmul_peak(device, precision, min_time / 2) for precision in {row[3] for row in rows}}
     name = torch.cuda.get_device_name(device) if gpu else "cpu"
-    rows = [("reference train", 1, ref_t, None, ref_t), ("ours train", 1, our_t, our_t[3], ref_t),
-            ("reference infer", batch, ref_i, None, ref_i), ("ours infer", batch, our_i, our_i[3], ref_i)]
     print(f"device: {name}, torch {torch.__version__}, threads {torch.get_num_threads()}, compile {args.compile}")
-    print("peak (matmul, measured now): " + ", ".join(f"{str(dt or torch.float32)[6:]} {tf:.1f} TFLOP/s"
-                                                      for dt, tf in peaks.items()))
-    print(f"{'mode':<17}{'batch':>6}{'img/s':>10}{'IQR %':>7}{'GFLOP/s':>10}{'% peak':>8}{'x ref':>7}")
+    if hw is not None:
+        print(f"hardware: {hw.describe()}; targets of the {'bf16' if hw.bf16 else 'no bf16'} class"
+              + (", and int8 against float32" if hw.int8 else ""))
+    print("peak (matmul, measured now): " + ", ".join(f"{p} {tf:.2f} {'TOP' if p == 'int8' else 'TFLOP'}/s"
+                                                      for p, tf in peaks.items()))
+    print(f"ours infer: {choice}")
+    print(f"{'mode':<36}{'batch':>6}{'img/s':>10}{'IQR %':>7}{'GFLOP/s':>10}{'% peak':>8}{'x ref':>7}")
     shares = {}
-    for mode, b, (median, iqr, flops, *_), dtype, ref in rows:
+    for mode, b, (median, iqr, flops, *_), precision, ref in rows:
         ips, gflops = b / median, b / median * flops / 1e9
-        shares[mode] = gflops / 1e3 / peaks[dtype]
-        print(f"{mode:<17}{b:>6}{ips:>10.2f}{100 * iqr / median:>7.1f}{gflops:>10.1f}"
+        shares[mode] = gflops / 1e3 / peaks[precision]
+        print(f"{mode:<36}{b:>6}{ips:>10.2f}{100 * iqr / median:>7.1f}{gflops:>10.1f}"
               f"{100 * shares[mode]:>8.1f}{ref[0] / median:>7.2f}")
     fig = {"device": name, "train_img_per_s": 1 / our_t[0], "ref_train_img_per_s": 1 / ref_t[0],
            "train_speedup": ref_t[0] / our_t[0], "infer_img_per_s": batch / our_i[0],
@@ -198,13 +279,16 @@ def main_speed(args):
            "train_iqr_pct": 100 * our_t[1] / our_t[0], "infer_iqr_pct": 100 * our_i[1] / our_i[0],
            "ref_train_iqr_pct": 100 * ref_t[1] / ref_t[0], "ref_infer_iqr_pct": 100 * ref_i[1] / ref_i[0],
            "data_img_per_s": 1 / our_t[4], "mapped_data_img_per_s": 1 / mapped_data,
-           "ref_data_img_per_s": 1 / ref_t[4],
-           "peak_tflops": {str(dt or torch.float32)[6:]: tf for dt, tf in peaks.items()},
-           "peak_share": shares}
+           "ref_data_img_per_s": 1 / ref_t[4], "peak_tflops": peaks, "peak_share": shares,
+           "infer_backend": choice.as_dict(), "infer_paths_img_per_s": {k: batch / v[0] for k, v in paths.items()}}
+    if hw is not None:
+        fig.update(hardware=hw.describe(), hardware_class="bf16" if hw.bf16 else "no bf16")
+    if "onnxruntime int8" in paths:
+        fig["int8_speedup"] = paths["onnxruntime float32"][0] / paths["onnxruntime int8"][0]
     print(f"FLOPs: train step {our_t[2] / 1e9:.1f} GFLOP, inference {our_i[2] / 1e9:.1f} GFLOP/img")
     print(f"data alone: {fig['data_img_per_s']:.0f} img/s from memory, {fig['mapped_data_img_per_s']:.0f} img/s "
           f"from the mapped file, {fig['ref_data_img_per_s']:.1f} img/s through PIL (reference)")
-    fig["targets"] = check_targets(device, fig)
+    fig["targets"] = check_targets(device, fig, hw)
     for key, t in fig["targets"].items():
         print(f"{'PASS' if t['pass'] else 'FAIL'}  {key} {t['value']:.2f} (target >= {t['target']})")
     if args.json:
@@ -294,11 +378,16 @@ def main(argv=None):
     p.add_argument("--ngf", type=int, default=64, help="--data: network width for the step time")
     p.add_argument("--min-time", type=float, default=5.0, help="--data: seconds of timing per figure")
     p.add_argument("--work", help="--data: folder for the synthetic pairs (default a new temp folder)")
+    backends.add_flags(p, "ours infer", "default: random tiles")
     p.add_argument("--data-run", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--root", help=argparse.SUPPRESS)
     p.add_argument("--data-size", type=int, help=argparse.SUPPRESS)
     p.add_argument("--data-mode", choices=["memory", "disk"], help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    try:
+        backends.check_flags(args.backend, True, "auto", args.int8, args.calibrate)
+    except InputError as e:
+        p.error(str(e))
     if args.data_run:
         return data_run(args)
     if args.data:
@@ -307,4 +396,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command(main))

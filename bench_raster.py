@@ -17,7 +17,9 @@ rate, PASS at TARGET or more. The stage columns are each stage's own seconds (re
 blend, write; they overlap, so they may add up to more than the run); `publish` is the COG copy after
 the engine (its overviews were built during the run, by the writer); `other` is the rest outside the
 tile engine (the stretch sample, opening and closing files). `--pipeline on|off` overlaps the stages or
-runs them one after the other (auto: as predict.py picks for the device).
+runs them one after the other (auto: as predict.py picks for the device). The network runs on predict's
+--backend (default auto: its probe's choice for this machine, printed per model, before the rows), so
+the network-alone rate and the ratio follow it; `startup` includes a first probe or export.
 """
 import json
 import resource
@@ -29,7 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
+import backends
 from config import add_device, command_parser
+from utils import InputError
 
 MODELS = {"full": 64, "small": 8}  # name -> generator width (ngf)
 TARGET = 0.85  # the raster path's share of the network-alone rate it must reach
@@ -80,7 +84,7 @@ def child(argv: list[str]):
     import rasterio  # noqa: F401 -- loading GDAL happens once per process: startup, like the weights
     import predict
     import raster
-    from utils import InputError, pick_device
+    from utils import pick_device
     argv, repeat = list(argv), 1
     if "--repeat" in argv:
         i = argv.index("--repeat")
@@ -89,9 +93,10 @@ def child(argv: list[str]):
     before = peak_rss_mb()
     start = time.perf_counter()
     args, opts = predict.parse(argv)
-    G, config = predict.load(args.weights, pick_device(args.device), args.amp, args.eval)
+    files = raster.input_files(Path(args.input))
+    G, config, choice = predict.load_net(args, pick_device(args.device), opts, files, 0, 1)
     opts.direction = args.direction or config["direction"]
-    device = next(G.parameters()).device
+    device = G.device
     network_alone(G, opts.engine, [1], device)  # warm up the kernels both runs use
     startup = time.perf_counter() - start
     out_dir = Path(args.out)
@@ -100,7 +105,7 @@ def child(argv: list[str]):
     for _ in range(repeat):
         stats = {}
         start = time.perf_counter()
-        for f in raster.input_files(Path(args.input)):
+        for f in files:
             try:
                 raster.predict_file(G, f, out_dir, opts, progress=False, stats=stats)
             except InputError as e:
@@ -111,20 +116,20 @@ def child(argv: list[str]):
         network = min(network, network_alone(G, opts.engine, stats.get("row_tiles", []), device))
     print(json.dumps({"rc": rc, "seconds": best["run"], "startup": startup, "rss_imports_mb": before,
                       "peak_rss_mb": peak_rss_mb(), "network_seconds": network, "tiles": sum(best.get("row_tiles", [])),
-                      **{k: best.get(k, 0.0) for k in (*STAGES, "publish")}, "engine_seconds": best.get("seconds", 0.0)}))
+                      **{k: best.get(k, 0.0) for k in (*STAGES, "publish")}, "engine_seconds": best.get("seconds", 0.0),
+                      "backend": str(choice)}))
 
 
 def network_alone(G, engine, row_tiles: list[int], device) -> float:
-    """Seconds G takes on rows of this many tiles each, already on the device, in the engine's
-    batches and test-time mode: the rate the raster path can at best reach."""
+    """Seconds G (a net of backends.py) takes on rows of this many tiles each, already on the device,
+    in the engine's batches and test-time mode: the rate the raster path can at best reach."""
     import torch
-    from generator import inference
     from tiles import run_tiles
     if not row_tiles or not max(row_tiles):
         return 0.0
     x = torch.rand(max(row_tiles), 3, engine.tile, engine.tile, device=device) * 2 - 1
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    with inference(G, paper=engine.paper, seed=engine.seed):
+    with G.inference(engine.paper, engine.seed):
         sync()
         start = time.perf_counter()
         for n in row_tiles:
@@ -166,9 +171,15 @@ def main():
                    "the network alone, and compare the quickest of each (this machine's speed drifts)")
     p.add_argument("--work", help="folder for the scenes and outputs (kept; default a temp folder)")
     p.add_argument("--json", action="store_true", help="also print the rows as one JSON line")
+    backends.add_flags(p, "--eval runs", "default: tiles of the scene")
     args = p.parse_args()
     if args.repeat < 1:
         p.error(f"--repeat {args.repeat}: expected 1 or more")
+    try:
+        backends.check_flags(args.backend, not args.paper, "auto", args.int8, args.calibrate)
+    except InputError as e:
+        p.error(str(e))
+    runs_on = ["--backend", args.backend, *["--int8"] * args.int8, *(["--calibrate", args.calibrate] if args.calibrate else [])]
     work = Path(args.work or tempfile.mkdtemp(prefix="bench_raster."))
     work.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -180,8 +191,10 @@ def main():
         for size in map(int, args.sizes.split(",")):
             scene = make_raster(work / f"scene_{size}_{args.dtype}.tif", size, dtype=args.dtype)
             argv = ["--weights", str(weights), "--input", str(scene), "--out", str(work / f"out_{model}"),
-                    "--bands", "3,2,1", "--device", args.device] + ([] if args.paper else ["--eval"])
+                    "--bands", "3,2,1", "--device", args.device, *runs_on] + ([] if args.paper else ["--eval"])
             m = measure(argv + ["--pipeline", args.pipeline, "--repeat", str(args.repeat)])
+            if size == int(args.sizes.split(",")[0]):
+                print(f"{model}: the network runs on {m['backend']}", flush=True)
             mp = size * size / 1e6
             net = mp / m["network_seconds"] if m["network_seconds"] else float("nan")
             ratio = (mp / m["seconds"]) / net

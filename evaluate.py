@@ -22,10 +22,12 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+import backends
 import dataset
 import fid
+import int8
 from config import WEIGHTS_HELP, add_device, command_parser
-from generator import inference, load_generator, tta
+from generator import tta
 from utils import InputError, atomic_write_text, pick_device, run_command, save_grid
 
 # Google-map palette of the maps set, calibrated on ../shared/maps_sample (see docs/evaluation.md): several
@@ -93,7 +95,10 @@ class StructureIoU:
 
     def update(self, fake, real) -> dict:
         """Add one batch to the split's sums; returns the batch's own IoUs (as result() does)."""
-        cf, cr = classify(fake).cpu(), classify(real).cpu()
+        return self.add(classify(fake).cpu(), classify(real).cpu())
+
+    def add(self, cf, cr) -> dict:
+        """update() on class maps (N, H, W) already made by classify."""
         inter = torch.tensor([((cf == i) & (cr == i)).sum() for i in range(len(CLASSES))], dtype=torch.float64)
         union = torch.tensor([((cf == i) | (cr == i)).sum() for i in range(len(CLASSES))], dtype=torch.float64)
         self.inter += inter
@@ -123,8 +128,9 @@ def evaluate_pairs(G, pairs, direction="AtoB", device="cpu", paper=True, seed=0,
     rotations of its input (generator.tta). Returns (metrics, rows, kept): split-level metrics
     (pixel metrics averaged over images, IoUs over the split), one row per image (its pixel
     metrics and its own IoUs), and
-    {index: (real_A, fake_B, real_B)} on the CPU for the indices in keep. Undecodable pairs are skipped."""
-    device = torch.device(device)
+    {index: (real_A, fake_B, real_B)} on the CPU for the indices in keep. Undecodable pairs are skipped.
+    G: a generator module or a net of backends.py."""
+    device, G = torch.device(device), backends.as_net(G)
     rows, kept, iou, feats = [], {}, StructureIoU(), ([], [])
     for i, pair in enumerate(tqdm(pairs, desc=desc, unit="img", disable=desc is None)):
         try:
@@ -133,7 +139,7 @@ def evaluate_pairs(G, pairs, direction="AtoB", device="cpu", paper=True, seed=0,
             print(f"skipped: {e}")
             continue
         real_A, real_B = (x[:, :3], x[:, 3:]) if direction == "AtoB" else (x[:, 3:], x[:, :3])
-        with inference(G, paper=paper, seed=seed + i):
+        with G.inference(paper, seed + i):
             fake_B = tta(G, real_A, separate=paper) if use_tta else G(real_A).float()
         m = pixel_metrics(fake_B, real_B)
         rows.append({"name": pair.name, **{k: v.item() for k, v in m.items()}, **iou.update(fake_B, real_B)})
@@ -169,19 +175,25 @@ def main(argv=None):
     p.add_argument("--fid", action="store_true", help="also FID and KID of the outputs against the targets")
     p.add_argument("--inception-weights", default=None, help=f"{fid.WEIGHTS_NAME} for --fid "
                    "(default: the torch hub cache, where pytorch-fid keeps it)")
+    backends.add_flags(p, "--eval", "default: the input halves of the pairs")
     add_device(p)
     args = p.parse_args(argv)
     if args.samples < 1:
         p.error(f"--samples {args.samples}: expected at least 1")
+    try:
+        backends.check_flags(args.backend, args.eval, "off", args.int8, args.calibrate)
+    except InputError as e:
+        p.error(str(e))
     root, split = data_folder(args, p)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out}: is a file, expected a folder")
     device = pick_device(args.device)
     inception = fid.load_inception(args.inception_weights, device) if args.fid else None
-    G, config = load_generator(args.weights, device)
-    direction = args.direction or config["direction"]
     pairs = dataset.open_split(root, split, skip_bad=True)
+    G, config, choice = backends.load(args.weights, device, args.backend, args.eval, "off", args.int8,
+                                      lambda config: calibration_tiles(args, pairs, config), batch=1)
+    direction = args.direction or config["direction"]
     if args.random_samples:
         chosen = set(torch.randperm(len(pairs), generator=torch.Generator().manual_seed(args.seed))[:args.samples].tolist())
     else:
@@ -201,7 +213,7 @@ def main(argv=None):
     else:
         print("warning: none of the pairs chosen for the grids could be decoded; no grids written", file=sys.stderr)
     metrics.update({"images": len(rows), "split": split, "weights": args.weights,
-                    "mode": "eval" if args.eval else "paper"})
+                    "mode": "eval" if args.eval else "paper", "backend": str(choice)})
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     table = io.StringIO(newline="")
     w = csv.DictWriter(table, fieldnames=list(rows[0]))
@@ -212,7 +224,25 @@ def main(argv=None):
     for k, v in metrics.items():
         if isinstance(v, float) or v is None:
             print(f"{k:<16}{'n/a' if v is None or math.isnan(v) else f'{v:.4f}':>10}")
-    print(f"wrote grids, metrics.json and per_image.csv to {out}")
+    print(f"ran on {choice}; wrote grids, metrics.json and per_image.csv to {out}")
+
+
+def calibration_tiles(args, pairs, config: dict) -> torch.Tensor:
+    """--int8's calibration tiles: of --calibrate FOLDER (whole images), else the input halves of
+    pairs spread over the split (the pairs that cannot be decoded are passed over)."""
+    if args.calibrate:
+        return int8.folder_tiles(args.calibrate)
+    direction = args.direction or config["direction"]
+    found = []
+    for i in int8.spread(len(pairs))[:int8.CALIBRATION_TILES]:
+        try:
+            x = dataset.decode_pair(pairs[i], 256).float() / 127.5 - 1
+        except dataset.DataError:
+            continue
+        found.append(x[:3] if direction == "AtoB" else x[3:])
+    if not found:
+        raise InputError(f"{len(pairs)} pair(s), none could be decoded to calibrate --int8 on")
+    return torch.stack(found)
 
 
 def data_folder(args, p) -> tuple[str, str]:

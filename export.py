@@ -36,7 +36,7 @@ def export(G, path, opset=18):
     try:
         torch.onnx.export(G, (x,), str(tmp), input_names=["satellite"], output_names=["map"],
                           opset_version=opset, dynamic_shapes=({0: "batch", 2: "height", 3: "width"},),
-                          dynamo=True, verbose=False)
+                          dynamo=True, external_data=False, verbose=False)  # one self-contained file
         replace_durably(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

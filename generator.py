@@ -444,6 +444,12 @@ def fetch_pretrained(name: str, folder="weights") -> Path:
     return path
 
 
+def weights_path(weights) -> Path:
+    """The file `--weights` names: a path, or an official pretrained name (downloaded once into weights/)."""
+    path = Path(str(weights))
+    return fetch_pretrained(str(weights)) if str(weights) in PRETRAINED and not path.exists() else path
+
+
 def load_generator(weights, device="cpu") -> tuple[nn.Module, dict]:
     """A generator from a training checkpoint, a G.pt, an official pix2pix file (its architecture
     recognised from the keys), or the name of an official pretrained generator (downloaded once into
@@ -453,10 +459,7 @@ def load_generator(weights, device="cpu") -> tuple[nn.Module, dict]:
     [-1, 1] with H and W multiples of 256 (128 for unet_128, 4 for the ResNets). Run it under
     `inference(G, paper=True, seed=0)` for the paper's test-time mode, or `G.eval()` /
     `inference(G, paper=False)` for the eval mode."""
-    weights = str(weights)
-    path = Path(weights)
-    if weights in PRETRAINED and not path.exists():
-        path = fetch_pretrained(weights)
+    path = weights_path(weights)
     G, config = build_generator(safe_load(path, "generator"), str(path),
                                 {"direction": PRETRAINED.get(path.stem, "AtoB")})
     return G.to(device), config

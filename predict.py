@@ -17,16 +17,17 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+import backends
 import dataset
+import int8
 import raster
 import tiles
 from config import WEIGHTS_HELP, add_device, command_parser
 from generator import load_generator
-from utils import InputError, amp_dtype, gather_objects, init_distributed, made_folder, pick_device, run_command
+from utils import InputError, gather_objects, init_distributed, made_folder, pick_device, run_command
 
 SHOW_PIXELS = 1 << 21  # the progress bar appears from this many input pixels on (32 tiles of 256 px)
 
@@ -73,6 +74,7 @@ def parser():
                    "threads (OMP_NUM_THREADS) leave a core free, as otherwise they take turns and it is slower")
     p.add_argument("--max-megapixels", type=float, default=dataset.MAX_PIXELS / 1e6,
                    help="PNG/JPEG larger than this are refused (PIL's guard against decompression bombs)")
+    backends.add_flags(p)
     add_device(p)
     return p
 
@@ -87,19 +89,37 @@ def parse(argv=None) -> tuple:
     p = parser()
     args = p.parse_args(argv)
     try:
+        backends.check_flags(args.backend, args.eval, args.amp, args.int8, args.calibrate)
         return args, options(args)
     except InputError as e:  # a malformed flag is a usage error
         p.error(str(e))
 
 
 def load(weights, device, amp="auto", eval_mode=False):
-    """The generator as predict runs it: --amp's precision, and channels-last with --eval. Returns
-    (G, its saved config)."""
+    """The generator module of the torch path (backends.torch_choice): --amp's precision, and
+    channels-last with --eval. Returns (G, its saved config)."""
     G, config = load_generator(weights, device)
-    G = G.to(amp_dtype(amp, device) or torch.float32)
-    if eval_mode:  # channels-last is faster; the paper mode stays contiguous, as its dropout masks follow
-        G = G.to(memory_format=torch.channels_last)  # the layout and must match evaluate.py's
-    return G, config
+    return backends.prepare_torch(G, backends.torch_choice(amp, device, eval_mode, "")), config
+
+
+def load_net(args, device, opts: raster.Options, files: list[Path], rank: int, world: int):
+    """backends.load with predict's flags: (net, config, choice). int8 calibrates on tiles of
+    --calibrate, else of the inputs (all of them, so every process calibrates alike). Under torchrun
+    rank 0 loads first: it alone probes, exports and quantizes, and the others find what it made."""
+    calibration = raster.input_files(Path(args.calibrate)) if args.calibrate else files
+
+    def tiles_of(config: dict):
+        opts.direction = args.direction or config["direction"]  # --pairs reads the direction's half
+        return int8.calibration_tiles(calibration, opts)
+
+    if rank > 0:
+        dist.barrier()
+    try:
+        return backends.load(args.weights, device, args.backend, args.eval, args.amp, args.int8, tiles_of,
+                             opts.engine.tile, opts.engine.batch, log=print if rank == 0 else None)
+    finally:
+        if rank == 0 and world > 1:
+            dist.barrier()
 
 
 def run(args, opts: raster.Options, files: list[Path]) -> int:
@@ -116,7 +136,7 @@ def run(args, opts: raster.Options, files: list[Path]) -> int:
                          f"{Path(clashes[0][0]).stem}.*; rename one, or translate them into separate --out folders")
     rank, world = init_distributed(args.device)
     try:
-        G, config = load(args.weights, pick_device(args.device), args.amp, args.eval)
+        G, config, choice = load_net(args, pick_device(args.device), opts, files, rank, world)
         opts.direction = args.direction or config["direction"]
         with made_folder(out_dir):  # removed again if every input is skipped
             failed = translate_files(G, files, out_dir, opts, rank, world)
@@ -125,7 +145,7 @@ def run(args, opts: raster.Options, files: list[Path]) -> int:
             dist.destroy_process_group()
     done = len(files) - failed
     if rank == 0:
-        print(f"translated {done} of {len(files)} input(s) into {out_dir}" if done else
+        print(f"translated {done} of {len(files)} input(s) into {out_dir} with {choice}" if done else
               f"translated none of {len(files)} input(s); nothing written")
     return 1 if failed else 0
 

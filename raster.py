@@ -341,21 +341,41 @@ def predict_file(G, path: Path, out_dir: Path, opts: Options, progress=True, par
                 raise read_failure(path, e) from None
 
 
-def predict_picture(G, path: Path, out_dir: Path, opts: Options, progress=False, stats=None) -> Path:
-    """A PNG/JPEG decoded whole as uint8 (PIL), translated by the same engine, saved as PNG (or TIFF)."""
+def picture_source(path: Path, opts: Options) -> TensorSource:
+    """A PNG/JPEG decoded whole as uint8 (PIL): its input half with --pairs, resized by --scale."""
     from PIL import Image
-    from utils import save_image
     img = input_half(dataset.load_rgb(path, opts.max_pixels), opts.pairs, opts.direction, path)
     if opts.scale != 1.0:
         img = img.resize((max(1, round(img.width * opts.scale)), max(1, round(img.height * opts.scale))),
                          Image.BICUBIC)
-    source = TensorSource(torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1))
+    return TensorSource(torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1))
+
+
+@contextlib.contextmanager
+def open_source(path: Path, opts: Options):
+    """The source the engine reads for one input file, as predict_file builds it; nothing is written
+    (int8 calibration takes its tiles from it)."""
+    if is_picture(path):
+        yield picture_source(path, opts)
+        return
+    with rasterio_env():
+        ds = open_raster(path)
+        # plan_raster names an output file: in a folder that is never made
+        with ds, working_source(ds, plan_raster(ds, path, path.parent / ".sat2map-plan", opts)) as source:
+            yield source
+
+
+def predict_picture(G, path: Path, out_dir: Path, opts: Options, progress=False, stats=None) -> Path:
+    """A PNG/JPEG decoded whole as uint8 (PIL), translated by the same engine, saved as PNG (or TIFF)."""
+    from PIL import Image
+    from utils import save_image
+    source = picture_source(path, opts)
     fmt = opts.fmt or "png"
     out = out_dir / f"{path.stem}.{'tif' if fmt == 'tif' else 'png'}"
     if out.resolve() == path.resolve():
         raise InputError(f"{path}: the output would overwrite the input; choose another --out")
     if fmt == "png":
-        sink = ArraySink(img.height, img.width)
+        sink = ArraySink(source.height, source.width)
         opts.engine.run(G, source, sink, progress, stats=stats)
         save_image(Image.fromarray(sink.out), out)
         return out

@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from generator import inference, tta
+from backends import as_net
+from generator import tta
 
 SHOW_TILES = 32  # a per-file tile progress bar appears from this many tiles on
 MMAP_THRESHOLD = 256 << 10  # host buffers of this many bytes or more are mapped and unmapped whole
@@ -95,19 +96,21 @@ def tile_seed(seed: int, y: int, x: int) -> int:
 
 
 def run_tiles(G, tiles: torch.Tensor, places: list, paper: bool, seed: int, batch: int, use_tta: bool):
-    """G on tiles (N, 3, t, t) inside an `inference` context. Paper mode: every tile (and every TTA
-    variant) is its own batch, so BatchNorm sees that tile's statistics, as a training crop did, and its
-    dropout is seeded by its place. --eval: up to `batch` tiles per forward pass. use_tta averages the
-    8 flips/rotations."""
-    tiles = tiles.to(next(G.parameters()).dtype)  # what predict's --amp made G
+    """G (a net of backends.py, or a generator module) on tiles (N, 3, t, t) inside its `inference`
+    context. Paper mode: every tile (and every TTA variant) is its own batch, so BatchNorm sees that
+    tile's statistics, as a training crop did, and its dropout is seeded by its place. --eval: up to
+    `batch` tiles per forward pass. use_tta averages the 8 flips/rotations."""
+    G = as_net(G)
+    tiles = tiles.to(G.dtype)  # what predict's --amp made G
     if paper:
         out = []
         for t, (y, x) in zip(tiles, places):
             torch.manual_seed(tile_seed(seed, y, x))
             out.append(tta(G, t[None], separate=True) if use_tta else G(t[None]).float())
         return torch.cat(out)
-    # channels-last is faster; the paper mode above stays contiguous, as dropout masks follow the layout
-    tiles = tiles.contiguous(memory_format=torch.channels_last)
+    # channels-last unless the net says otherwise; the paper mode above stays contiguous, as dropout
+    # masks follow the layout
+    tiles = tiles.contiguous(memory_format=G.memory_format)
     run = (lambda chunk: tta(G, chunk)) if use_tta else (lambda chunk: G(chunk).float())
     return torch.cat([run(tiles[i:i + batch]) for i in range(0, len(tiles), batch)])
 
@@ -211,11 +214,12 @@ class Engine:
         each row run ("row_tiles")."""
         began = time.perf_counter()
         fix_mmap_threshold()
+        G = as_net(G)
         H, W = source.height, source.width
         ys, blocks, cols = self.plan(H, W)
         first, stop = self._row_range(ys, H, rows)
         write_from = ys[first] if rows is None else rows[0]
-        device = next(G.parameters()).device
+        device = G.device
         total = (stop - first) * sum(map(len, cols))
         stats = {} if stats is None else stats
         for k in ("read", "scale", "network", "blend", "write"):
@@ -226,7 +230,7 @@ class Engine:
         report = progress if callable(progress) else None
         rows_in = self._read(source, ys, blocks, cols, first, stop, device, stats)
         writer = Writer(self, sink, ys, blocks, cols, H, write_from, device, stats, bar, report, total)
-        with inference(G, paper=self.paper, seed=self.seed):
+        with G.inference(self.paper, self.seed):
             if self.pipeline if self.pipeline is not None else overlap_pays(device):
                 self._overlapped(G, rows_in, writer, device, stats)
             else:

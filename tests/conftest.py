@@ -1,6 +1,9 @@
 """Shared fixtures: small generated datasets, the real maps sample, and a quick way to train."""
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +13,12 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 SHARED_SAMPLE = ROOT.parent / "shared" / "maps_sample"
+# --backend's default is torch here: auto would probe this machine and might choose ONNX Runtime,
+# whose output differs from torch's by a level, and export every test's weights. Tests of the other
+# backends name them. Exports and probe records go to a cache folder of the session's own.
+os.environ["SAT2MAP_BACKEND"] = "torch"
+os.environ["SAT2MAP_CACHE"] = tempfile.mkdtemp(prefix="sat2map-test-cache-")
+atexit.register(shutil.rmtree, os.environ["SAT2MAP_CACHE"], ignore_errors=True)
 # --device cpu: the suite is bit-exact on any host, a GPU one included (tests/test_cuda.py passes a
 # later --device cuda, which argparse takes instead)
 TINY = ["--ngf", "8", "--ndf", "8", "--log-every", "1", "--sample-every", "1000", "--save-every", "1000",
