@@ -22,6 +22,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 import bounds
+import dataset
 import raster
 import tiles
 from config import WEIGHTS_HELP, add_device, command_parser
@@ -74,8 +75,8 @@ def parser():
                    "threads (OMP_NUM_THREADS) leave a core free, as otherwise they take turns and it is slower")
     p.add_argument("--max-megapixels", type=float, help="inputs that ask for more work than this are refused "
                    "before any: the larger of their size and their size after --scale/--gsd, for PNG/JPEG and "
-                   "rasters alike (default: 179 for PNG/JPEG, PIL's guard against decompression bombs, as they "
-                   "are decoded whole; none for rasters, read window by window)")
+                   f"rasters alike (default: {dataset.MAX_PIXELS / 1e6:.0f} for PNG/JPEG, PIL's guard against "
+                   "decompression bombs, as they are decoded whole; none for rasters, read window by window)")
     add_device(p)
     return p
 
