@@ -6,16 +6,22 @@
 The page is a Gradio app (so it also runs unchanged as a Hugging Face Space); its Translate button is
 the endpoint /translate of the same server, callable from a program with gradio_client. Every request
 goes through predict's own options and raster.predict_file, so its map equals predict.py's on the
-same file with the same settings. See docs/app.md.
+same file with the same settings. Each request is bounded (bounds.py): its work in megapixels is
+checked before any, and it stops at the next tile when its client leaves, presses Stop or runs out of
+time. Models are named by labels, never by server paths. See docs/app.md.
 """
 import atexit
+import contextlib
+import contextvars
 import os
+import re
 import shutil
 import signal
 import sys
 import tempfile
 import threading
 import time
+from collections import OrderedDict
 from pathlib import Path
 
 # Gradio keeps uploads and results in $GRADIO_TEMP_DIR (default /tmp/gradio, shared and never emptied of
@@ -31,15 +37,20 @@ from gradio.utils import get_upload_folder  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import backends  # noqa: E402
+import bounds  # noqa: E402
 import cog  # noqa: E402
 import dataset  # noqa: E402
 import int8  # noqa: E402
 import predict  # noqa: E402
 import raster  # noqa: E402
+import tiles  # noqa: E402
 from config import WEIGHTS_HELP, add_device, command_parser  # noqa: E402
 from generator import PRETRAINED  # noqa: E402
-from utils import InputError, pick_device, run_command, save_image  # noqa: E402
+from utils import Cancelled, InputError, pick_device, run_command, save_image  # noqa: E402
 
+MAX_MEGAPIXELS = 64  # a request's work at most by default: a real scene (8000 x 8000 px), not a gigapixel one
+MAX_SECONDS = 600  # a request's time at most by default, from the moment it leaves the queue
+MAX_MODELS = 4  # generators kept loaded at most by default (one per model and test-time mode)
 PREVIEW_PX = 2048  # longest side of the images shown on the page; the downloads keep full size
 EXAMPLES = 4  # example tiles taken from the validation split
 UPLOAD_TYPES = [".png", ".jpg", ".jpeg", ".tif", ".tiff"]
@@ -54,13 +65,14 @@ CSS = """
 
 
 # ----------------------------------------------------------------------------------------------------
-# Models: only the server's own, loaded on first use
+# Models: only the server's own, by label, loaded on first use
 
 
 def weight_choices(weights_dir: Path, given: str) -> tuple[dict[str, str], str]:
     """(label -> weights, the label of `given`) for the dropdown: every run under weights_dir (its G.pt
     and G_best.pt, newest run first), the pretrained names, and `given` (the operator's --weights)
-    under its own path where it is none of these. A client picks a label; it never names a path."""
+    where it is none of these, labelled by its run folder and file (r1/G.pt). A client picks a label;
+    it never names a path, nor sees one."""
     choices = {}
     runs = sorted(weights_dir.glob("*/G*.pt"), key=lambda p: p.stat().st_mtime, reverse=True)
     for path in runs:
@@ -68,9 +80,11 @@ def weight_choices(weights_dir: Path, given: str) -> tuple[dict[str, str], str]:
             choices.setdefault(path.parent.name + (" (best)" if path.name == "G_best.pt" else ""), str(path))
     choices.update({name: name for name in PRETRAINED})
     same = [label for label, w in choices.items() if w == given or Path(w).resolve() == Path(given).resolve()]
-    if not same:
-        choices = {given: given, **choices}
-    return choices, same[0] if same else given
+    if same:
+        return choices, same[0]
+    path = Path(given).resolve()
+    label = f"{path.parent.name}/{path.name}" if path.parent.name else path.name
+    return {label: given, **choices}, label
 
 
 def default_weights(weights_dir: Path) -> str:
@@ -80,26 +94,52 @@ def default_weights(weights_dir: Path) -> str:
 
 
 class Models:
-    """Generators by (label, eval mode), each loaded as predict.py loads it (backends.load: the server's
-    --backend and --int8 apply to the eval mode), on first use; one lock per label, so a model runs
-    one translation at a time."""
+    """Generators by (label, test-time mode), each loaded as predict.py loads it (backends.load: the
+    server's --backend and --int8 apply to the eval mode) on first use: once per process, also when
+    requests for it arrive together (one loading lock per key). At most `keep` stay loaded, the least
+    recently used leaving first (a translation still running keeps its own until it ends). Each label
+    also has a translation lock: a model runs one at a time."""
 
-    def __init__(self, choices: dict[str, str], device, backend="auto", use_int8=False, calibrate=None):
-        self.choices, self.device = choices, pick_device(str(device))
+    def __init__(self, choices: dict[str, str], device, keep: int = MAX_MODELS, backend="auto", use_int8=False,
+                 calibrate=None):
+        self.choices, self.device, self.keep = choices, pick_device(str(device)), keep
         self.backend, self.int8 = backend, use_int8
         self.calibrate = None if calibrate is None else (lambda config: int8.folder_tiles(calibrate))
         self.locks = {label: threading.Lock() for label in choices}
-        self.loaded = {}
+        self.loaded = OrderedDict()  # (label, eval mode) -> (G, config), the most recently used last
+        self.loading = {key: threading.Lock() for key in ((label, m) for label in choices for m in (False, True))}
+        self.guard = threading.Lock()  # over self.loaded
 
     def get(self, label: str, eval_mode: bool):
-        """(G, config) for a label of the server's own list; the caller holds self.locks[label]."""
+        """(G, config) for a label of the server's own list."""
         key = (label, eval_mode)
-        if key not in self.loaded:
-            G, config, choice = backends.load(self.choices[label], self.device, self.backend if eval_mode else "auto",
-                                              eval_mode, int8=self.int8 and eval_mode, calibrate=self.calibrate)
-            print(f"{label}, {'eval' if eval_mode else 'paper'} mode: {choice}")
-            self.loaded[key] = G, config
-        return self.loaded[key]
+        with self.loading[key]:
+            with self.guard:
+                if key in self.loaded:
+                    self.loaded.move_to_end(key)
+                    return self.loaded[key]
+            model = self.load(label, eval_mode)
+            with self.guard:
+                self.loaded[key] = model
+                while len(self.loaded) > self.keep:
+                    self.loaded.popitem(last=False)
+            return model
+
+    def load(self, label: str, eval_mode: bool):
+        """The one place a generator is loaded."""
+        G, config, choice = backends.load(self.choices[label], self.device, self.backend if eval_mode else "auto",
+                                          eval_mode, int8=self.int8 and eval_mode, calibrate=self.calibrate)
+        print(f"{label}, {'eval' if eval_mode else 'paper'} mode: {choice}")
+        return G, config
+
+    def hide_paths(self, text: str) -> str:
+        """text with each model's path on the server (as given, and absolute) replaced by its label."""
+        named = {}
+        for label, weights in self.choices.items():
+            if label != weights:
+                named.update({weights: label, str(Path(weights).resolve()): label})
+        paths = sorted(named, key=len, reverse=True)  # in one pass, an absolute path before a relative one in it
+        return re.sub("|".join(map(re.escape, paths)), lambda m: named[m.group(0)], text) if paths else text
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -155,22 +195,95 @@ def read_preview(path: Path, size: tuple[int, int], opts: raster.Options | None 
 
 
 # ----------------------------------------------------------------------------------------------------
+# Stopping a request: its client leaving, its Stop button, its time limit
+
+
+def queue_event():
+    """This request's event in Gradio's queue (None outside one), looked up in the handler's thread.
+    Gradio 6 tells a running synchronous handler neither that its client left nor that it was
+    cancelled: its thread runs to the end, holding the queue's slot. What the queue does when the
+    client's event stream (/queue/data) closes is mark the event `alive = False`
+    (Queue.clean_events); no public API exposes that flag, so it is read here from the queue itself."""
+    from gradio.context import LocalContext
+    blocks, event_id = LocalContext.blocks.get(None), LocalContext.event_id.get(None)
+    for job in getattr(getattr(blocks, "_queue", None), "active_jobs", None) or []:
+        for event in job or []:
+            if getattr(event, "_id", None) == event_id:
+                return event
+    return None
+
+
+def client_left(event):
+    """A check for bounds.Stop that gives its reason once the client of `event` (queue_event) has left."""
+    return lambda: "the client left" if event is not None and not getattr(event, "alive", True) else None
+
+
+class Running:
+    """The Stops of the translations running now, by the client session that asked: a session's Stop
+    button (the endpoint /stop) stops that session's translations and nobody else's."""
+
+    def __init__(self):
+        self.stops, self.guard = {}, threading.Lock()
+
+    @contextlib.contextmanager
+    def register(self, session: str | None, stop: bounds.Stop):
+        if session is None:  # called from Python, not through the server: nothing can press Stop
+            yield stop
+            return
+        with self.guard:
+            self.stops.setdefault(session, set()).add(stop)
+        try:
+            yield stop
+        finally:
+            with self.guard:
+                self.stops[session].discard(stop)
+                if not self.stops[session]:
+                    del self.stops[session]
+
+    def stop(self, session: str | None):
+        with self.guard:
+            for stop in self.stops.get(session, ()):
+                stop.set("the Stop button was pressed")
+
+
+@contextlib.contextmanager
+def slot(lock: threading.Lock, cancel):
+    """Hold a model's translation lock for the block; while waiting for it, give up (Cancelled) as soon
+    as `cancel` says so."""
+    while not lock.acquire(timeout=0.1):
+        tiles.stop_if(cancel)
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+# ----------------------------------------------------------------------------------------------------
 # One request
 
 
-def translate_file(models: Models, path: Path, label: str, args, progress, work: Path) -> dict:
+def translate_file(models: Models, path: Path, label: str, args, progress, work: Path, cancel=None) -> dict:
     """Translate one upload into `work` as predict.py would; returns the files to show and download
-    and the numbers for the status line. Bad input raises InputError."""
+    and the numbers for the status line. Bad input (over the size bound too, checked first) raises
+    InputError; `cancel` (tiles.Engine.run's hook) stops it with Cancelled."""
     opts = predict.options(args)
     if label not in models.choices:
         raise InputError(f"weights {label!r}: not one of this server's models ({', '.join(models.choices)})")
-    with models.locks[label]:
+    if not raster.is_picture(path):
+        geotiff_only(path)
+    bounds.check_size(path, opts)  # before the model's slot is taken: a refusal never waits for it
+    # gr.Progress finds its request in context variables, which the engine's writer thread lacks
+    context = contextvars.copy_context()
+
+    def report(done, total):
+        context.run(progress, (done, total), desc="translating", unit="tiles")
+
+    with slot(models.locks[label], cancel):
         progress(0, desc="loading the model")
         G, config = models.get(label, args.eval)
         opts.direction = config["direction"]
         start = time.perf_counter()
-        out = raster.predict_file(G, path, work, opts,
-                                  progress=lambda done, total: progress((done, total), desc="translating", unit="tiles"))
+        out = raster.predict_file(G, path, work, opts, progress=report, cancel=cancel)
         seconds = time.perf_counter() - start
     png, tif = out, None
     if out.suffix == ".tif":  # a georeferenced input: the COG as predict.py writes it, plus a PNG of it
@@ -190,6 +303,19 @@ def translate_file(models: Models, path: Path, label: str, args, progress, work:
             "megapixels": width * height / 1e6, "size": (width, height)}
 
 
+def geotiff_only(path: Path):
+    """Refuse a raster upload GDAL does not read as a GeoTIFF: GDAL picks its reader by content, not by
+    name, and a VRT (or another description format) named .tif could name any file of the server, or
+    a URL, as its pixels."""
+    import rasterio
+    from rasterio.errors import RasterioError
+    try:
+        with raster.rasterio_env(), rasterio.open(path, driver="GTiff"):
+            pass
+    except (RasterioError, OSError):
+        raise InputError(f"{path}: not a GeoTIFF (the rasters this server reads)") from None
+
+
 def publish_files(paths: list[Path | None]) -> list[str | None]:
     """Copies of the request's files in Gradio's cache, where the page serves them from and the
     cache clean-up removes them; the request's own folder is removed when it ends."""
@@ -207,25 +333,27 @@ def blank(value):
 
 
 def build_app(weights: str | None = None, weights_dir: Path | str = "weights", device="cpu",
-              examples: Path | str | None = "data/maps/val", max_megapixels: float | None = None,
-              queue: int = 16, concurrency: int = 1, preload: bool = False, backend: str | None = None,
-              use_int8: bool = False, calibrate: str | None = None) -> gr.Blocks:
+              examples: Path | str | None = "data/maps/val", max_megapixels: float = MAX_MEGAPIXELS,
+              queue: int = 16, concurrency: int = 1, preload: bool = False, max_seconds: float = MAX_SECONDS,
+              max_models: int = MAX_MODELS, backend: str | None = None, use_int8: bool = False,
+              calibrate: str | None = None) -> gr.Blocks:
     """The Gradio app (page and API). weights: the default model (a path or pretrained name; default
-    the newest weights_dir/*/G.pt, else sat2map); examples: a folder of A|B pairs; max_megapixels:
-    largest PNG/JPEG accepted (predict.py's default); queue: requests waiting at most, beyond which
+    the newest weights_dir/*/G.pt, else sat2map); examples: a folder of A|B pairs; max_megapixels: the
+    most work a request may ask for (bounds.check_size); queue: requests waiting at most, beyond which
     a client is told to try again; concurrency: translations at once (at most one per model);
     preload: load the default model now (downloading sat2map if need be), so that a model that cannot
-    load fails before the server starts; backend, use_int8, calibrate: --backend (None: its default),
-    --int8 and --calibrate FOLDER of the eval mode (backends.load)."""
+    load fails before the server starts; max_seconds: a request's time limit; max_models: generators
+    kept loaded; backend, use_int8, calibrate: --backend (None: its default), --int8 and --calibrate
+    FOLDER of the eval mode (backends.load)."""
     weights_dir = Path(weights_dir)
     choices, weights = weight_choices(weights_dir, weights or default_weights(weights_dir))
-    models = Models(choices, device, backend or backends.default_backend(), use_int8, calibrate)
+    models = Models(choices, device, max_models, backend or backends.default_backend(), use_int8, calibrate)
+    running = Running()
     if preload:
         models.get(weights, eval_mode=False)  # the page's default mode is the paper's
-    max_megapixels = max_megapixels or dataset.MAX_PIXELS / 1e6
 
     def translate(image, mode="paper", seed=0, tta=False, scale=1.0, gsd=None, bands="", stretch="",
-                  value_range="", weights=weights, progress=gr.Progress()):
+                  value_range="", weights=weights, request: gr.Request = None, progress=gr.Progress()):
         """Translate an uploaded satellite image or GeoTIFF into a map (PNG first, then the
         before/after pair, the map, the Cloud-Optimized GeoTIFF of a georeferenced input, a status
         line)."""
@@ -237,11 +365,16 @@ def build_app(weights: str | None = None, weights_dir: Path | str = "weights", d
         args.eval, args.seed, args.tta = mode == "eval", int(seed or 0), bool(tta)
         args.scale, args.gsd = float(1.0 if scale is None else scale), blank(gsd)
         args.bands, args.stretch, args.value_range = blank(bands), blank(stretch), blank(value_range)
-        with tempfile.TemporaryDirectory(prefix="sat2map-app-") as work:
+        stop = bounds.Stop(max_seconds, [client_left(queue_event())])
+        with running.register(getattr(request, "session_hash", None), stop), \
+                tempfile.TemporaryDirectory(prefix="sat2map-app-") as work:
             try:
-                r = translate_file(models, path, weights, args, progress, Path(work))
+                r = translate_file(models, path, weights, args, progress, Path(work), stop)
             except InputError as e:  # the server's paths are no business of the client's
-                raise gr.Error(str(e).replace(str(path.parent) + os.sep, "").replace(work + os.sep, "")) from None
+                message = models.hide_paths(str(e)).replace(str(path.parent) + os.sep, "").replace(work + os.sep, "")
+                raise gr.Error(message) from None
+            except Cancelled as e:
+                raise gr.Error(f"{path.name}: stopped: {e}", print_exception=False) from None
             save_image(r["before"], Path(work) / "input.png")
             after = r["png"] if r["after"].size == r["size"] else Path(work) / "map.png"
             if after != r["png"]:  # a reduced preview
@@ -252,10 +385,22 @@ def build_app(weights: str | None = None, weights_dir: Path | str = "weights", d
                   f"{r['megapixels'] / max(r['seconds'], 1e-9):.2f} MP/s · {mode} mode · {weights}")
         return png, (before, after), after, tif, status
 
+    def stop(request: gr.Request):
+        """Stop the translations this client session is running."""
+        running.stop(getattr(request, "session_hash", None))
+
+    bound = (f"This server translates up to **{max_megapixels:g} megapixels** per request (the input's size, or "
+             f"its size after Scale or Ground resolution if larger), for at most **{max_seconds:g} s**.")
+    return page(translate, stop, choices, weights, examples, bound, queue, concurrency)
+
+
+def page(translate, stop, choices: dict, weights: str, examples, bound: str, queue: int, concurrency: int):
+    """The page's layout, with `translate` behind Translate (the endpoint /translate) and `stop` behind
+    Stop (/stop), which also ends the page's wait for the translation."""
     with gr.Blocks(title="sat2map", analytics_enabled=False, delete_cache=(CACHE_AGE_S // 4, CACHE_AGE_S)) as demo:
         gr.Markdown("# sat2map: satellite image → map\nDrop a satellite picture (PNG/JPEG) or a GeoTIFF and "
                     "press **Translate**. A pix2pix generator (Isola et al. 2017) draws the map, tile by tile, "
-                    "at any size.", elem_id="title")
+                    f"at any size. {bound} **Stop** ends a translation at its next tile.", elem_id="title")
         with gr.Row():
             with gr.Column(scale=2):
                 image = gr.File(label="Satellite image or GeoTIFF", file_types=UPLOAD_TYPES, height=120)
@@ -279,12 +424,14 @@ def build_app(weights: str | None = None, weights_dir: Path | str = "weights", d
                                                  "(default 2,98 for non-8-bit data)")
                     range_in = gr.Textbox("", label="Value range", placeholder="0,3000",
                                           info="GeoTIFF: MIN,MAX mapped to 0..255 instead of a stretch")
-                button = gr.Button("Translate", variant="primary")
-                tiles = example_tiles(None if examples is None else Path(examples))
-                if tiles:
-                    gr.Examples([[t] for t in tiles], inputs=[image], label="Examples (validation tiles)",
-                                example_labels=[Path(t).stem for t in tiles])
-                    image.keep_in_cache.update(tiles)  # the cache clean-up must not take the examples
+                with gr.Row():
+                    button = gr.Button("Translate", variant="primary")
+                    stop_button = gr.Button("Stop", variant="stop")
+                example_files = example_tiles(None if examples is None else Path(examples))
+                if example_files:
+                    gr.Examples([[t] for t in example_files], inputs=[image], label="Examples (validation tiles)",
+                                example_labels=[Path(t).stem for t in example_files])
+                    image.keep_in_cache.update(example_files)  # the cache clean-up must not take the examples
             with gr.Column(scale=3):
                 slider = gr.ImageSlider(label="Before / after", type="filepath", format="png",
                                         elem_id="slider", max_height=640)
@@ -295,8 +442,10 @@ def build_app(weights: str | None = None, weights_dir: Path | str = "weights", d
                 with gr.Accordion("The map alone", open=False):
                     map_out = gr.Image(label="Map", type="filepath", format="png", elem_id="map")
         inputs = [image, mode_in, seed_in, tta_in, scale_in, gsd_in, bands_in, stretch_in, range_in, weights_in]
-        button.click(translate, inputs, [png_out, slider, map_out, tif_out, status], api_name="translate",
-                     concurrency_limit=concurrency)
+        translating = button.click(translate, inputs, [png_out, slider, map_out, tif_out, status],
+                                   api_name="translate", concurrency_limit=concurrency)
+        # not queued, so that a full queue or a busy slot never delays it
+        stop_button.click(stop, None, None, api_name="stop", queue=False, cancels=[translating])
     demo.queue(max_size=queue, default_concurrency_limit=concurrency)
     return demo
 
@@ -322,17 +471,22 @@ def main(argv=None):
     p.add_argument("--examples", default="data/maps/val", help="folder of A|B pairs whose first tiles are "
                    "the page's examples (none if it is missing)")
     p.add_argument("--max-upload-mb", type=float, default=200, help="largest upload accepted")
-    p.add_argument("--max-megapixels", type=float, default=dataset.MAX_PIXELS / 1e6,
-                   help="PNG/JPEG larger than this are refused")
+    p.add_argument("--max-megapixels", type=float, default=MAX_MEGAPIXELS, help="a request that asks for more "
+                   "work is refused before any: the larger of the input's size and its size after Scale or "
+                   "Ground resolution, for PNG/JPEG and rasters alike")
+    p.add_argument("--max-seconds", type=float, default=MAX_SECONDS, help="a translation still running this "
+                   "long after it left the queue is stopped at its next tile, with a message")
+    p.add_argument("--max-models", type=int, default=MAX_MODELS, help="generators kept loaded (one per model "
+                   "and test-time mode); beyond, the least recently used is unloaded")
     p.add_argument("--queue", type=int, default=16, help="requests that may wait; beyond, a client is told "
                    "the queue is full and to try again")
     p.add_argument("--concurrency", type=int, default=1, help="translations run at once (one per model at most)")
     backends.add_flags(p, "eval-mode requests", "required with --int8")
     add_device(p)
     args = p.parse_args(argv)
-    for flag, value in (("--max-upload-mb", args.max_upload_mb), ("--max-megapixels", args.max_megapixels),
-                        ("--queue", args.queue), ("--concurrency", args.concurrency)):
-        if value <= 0:
+    for flag in ("--max-upload-mb", "--max-megapixels", "--max-seconds", "--max-models", "--queue", "--concurrency"):
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if not value > 0:
             p.error(f"{flag} {value}: expected a positive number")
     if args.int8 and args.calibrate is None:
         p.error("--int8 needs --calibrate FOLDER here: the server has no input to calibrate on before its requests")
@@ -344,8 +498,8 @@ def main(argv=None):
     device = pick_device(args.device)
     backends.check_device(args.backend, device)
     demo = build_app(args.weights, "weights", device, args.examples, args.max_megapixels, args.queue,
-                     args.concurrency, preload=True, backend=args.backend, use_int8=args.int8,
-                     calibrate=args.calibrate)
+                     args.concurrency, preload=True, max_seconds=args.max_seconds, max_models=args.max_models,
+                     backend=args.backend, use_int8=args.int8, calibrate=args.calibrate)
     launch(demo, args.host, args.port, args.max_upload_mb)
     return 0
 

@@ -11,7 +11,7 @@ window; both run the tile engine of tiles.py (overlapping tiles blended with a s
 georeferenced input gives OUT/<stem>.tif on its own grid, masked where it has no data. Under torchrun
 the processes share the files out by pixel count and cut a raster larger than a fair share into bands
 of tile rows, one per process; rank 0 joins the bands. The output is the one-process output
-(docs/inference-at-scale.md).
+(docs/inference-at-scale.md). Ctrl-C stops at the next tile and leaves no half-written file.
 """
 import sys
 import time
@@ -21,13 +21,14 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 import backends
+import bounds
 import dataset
 import int8
 import raster
 import tiles
 from config import WEIGHTS_HELP, add_device, command_parser
 from generator import load_generator
-from utils import InputError, gather_objects, init_distributed, made_folder, pick_device, run_command
+from utils import Cancelled, InputError, gather_objects, init_distributed, made_folder, pick_device, run_command
 
 SHOW_PIXELS = 1 << 21  # the progress bar appears from this many input pixels on (32 tiles of 256 px)
 
@@ -72,8 +73,10 @@ def parser():
     p.add_argument("--pipeline", choices=["auto", "on", "off"], default="auto", help="read and write in threads "
                    "beside the network (same result); auto: on a GPU, and on a CPU only where the network's "
                    "threads (OMP_NUM_THREADS) leave a core free, as otherwise they take turns and it is slower")
-    p.add_argument("--max-megapixels", type=float, default=dataset.MAX_PIXELS / 1e6,
-                   help="PNG/JPEG larger than this are refused (PIL's guard against decompression bombs)")
+    p.add_argument("--max-megapixels", type=float, help="inputs that ask for more work than this are refused "
+                   "before any: the larger of their size and their size after --scale/--gsd, for PNG/JPEG and "
+                   f"rasters alike (default: {dataset.MAX_PIXELS / 1e6:.0f} for PNG/JPEG, PIL's guard against "
+                   "decompression bombs, as they are decoded whole; none for rasters, read window by window)")
     backends.add_flags(p)
     add_device(p)
     return p
@@ -138,8 +141,8 @@ def run(args, opts: raster.Options, files: list[Path]) -> int:
     try:
         G, config, choice = load_net(args, pick_device(args.device), opts, files, rank, world)
         opts.direction = args.direction or config["direction"]
-        with made_folder(out_dir):  # removed again if every input is skipped
-            failed = translate_files(G, files, out_dir, opts, rank, world)
+        with made_folder(out_dir), bounds.ctrl_c_stops() as stop:  # the folder goes again if every input is skipped
+            failed = translate_files(G, files, out_dir, opts, rank, world, stop)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
@@ -181,17 +184,22 @@ def share_work(files: list[Path], opts: raster.Options, world: int) -> list[list
     return work
 
 
-def translate_files(G, files: list[Path], out_dir: Path, opts: raster.Options, rank: int, world: int) -> int:
+def translate_files(G, files: list[Path], out_dir: Path, opts: raster.Options, rank: int, world: int,
+                    cancel=None) -> int:
     """Translate this process's share of the files; rank 0 then joins the parts of shared rasters and
-    reports every failed input once. Returns the number of inputs that failed."""
+    reports every failed input once. Returns the number of inputs that failed. cancel: the engine's
+    cancel hook (tiles.Engine.run); once it says stop, Cancelled ends the whole job."""
     work = gather_objects(share_work(files, opts, world) if rank == 0 else None)[0]
     progress = JobProgress(sum(px for units in work for _, _, px in units), rank, world)
     failures = {}
     for i, part, px in work[rank]:
         try:
-            raster.predict_file(G, files[i], out_dir, opts, progress=progress.unit(px), part=part)
+            bounds.check_size(files[i], opts)
+            raster.predict_file(G, files[i], out_dir, opts, progress=progress.unit(px), part=part, cancel=cancel)
         except InputError as e:  # dataset.DataError is one too
             failures.setdefault(i, str(e))
+        except Cancelled as e:
+            raise Cancelled(f"{files[i]}: {e}; nothing of it was written") from None
         progress.unit_done()
     progress.wait_for_all()
     for other in gather_objects(failures):
@@ -285,7 +293,7 @@ def options(args) -> raster.Options:
         raise InputError(f"--batch {args.batch}: expected at least 1")
     if args.block < 256 or args.block % 256:
         raise InputError(f"--block {args.block}: expected a positive multiple of 256")
-    if args.max_megapixels <= 0:
+    if args.max_megapixels is not None and not args.max_megapixels > 0:
         raise InputError(f"--max-megapixels {args.max_megapixels}: expected a positive number")
     bands = None if args.bands is None else raster.parse_list(args.bands, "--bands", int)
     stretch = raster.parse_list(args.stretch or "2,98", "--stretch", float, 2)
@@ -298,9 +306,10 @@ def options(args) -> raster.Options:
         raise InputError("--range and --stretch both set the value scaling: give one of them")
     engine = tiles.Engine(args.tile, args.overlap, not args.eval, args.seed, args.batch, args.tta, args.block,
                           {"auto": None, "on": True, "off": False}[args.pipeline])
+    max_pixels = None if args.max_megapixels is None else round(args.max_megapixels * 1e6)
     return raster.Options(engine, bands, tuple(stretch), args.stretch is not None,
                           None if value_range is None else tuple(value_range), args.scale, args.gsd, args.format,
-                          args.pairs, max_pixels=round(args.max_megapixels * 1e6))
+                          args.pairs, max_pixels=max_pixels)
 
 
 if __name__ == "__main__":

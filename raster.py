@@ -268,7 +268,7 @@ class Options:
     fmt: str | None = None
     pairs: bool = False
     direction: str = "AtoB"
-    max_pixels: int | None = dataset.MAX_PIXELS
+    max_pixels: int | None = None  # the most pixels of work (bounds.check_size); None: PIL's guard on PNG/JPEG only
 
 
 def is_picture(path: Path) -> bool:
@@ -320,21 +320,31 @@ def ground_scale(ds, gsd: float, path) -> float:
     return res / gsd
 
 
+def working_size(ds, path, opts: "Options") -> tuple[int, int, float]:
+    """(width, height, factor) of the grid the engine translates a raster on: its own (factor 1), or
+    resized by --scale or to --gsd."""
+    scale = ground_scale(ds, opts.gsd, path) if opts.gsd else opts.scale
+    if abs(scale - 1) < 1e-9:
+        return ds.width, ds.height, 1.0
+    return max(1, round(ds.width * scale)), max(1, round(ds.height * scale)), scale
+
+
 def predict_file(G, path: Path, out_dir: Path, opts: Options, progress=True, part=None,
-                 stats: dict | None = None) -> Path:
+                 stats: dict | None = None, cancel=None) -> Path:
     """Translate one input into out_dir; returns the written file. Bad input raises InputError.
 
     progress: True for a tile bar, or a callable progress(done_tiles, total_tiles) called after each
     tile row. part: (k, n) translates only band k of n of a GDAL raster into its part file (returned),
-    which `assemble` later joins with the others into the output. stats: see tiles.Engine.run."""
+    which `assemble` later joins with the others into the output. stats, cancel: see tiles.Engine.run;
+    a cancelled run raises Cancelled and leaves no file behind."""
     if is_picture(path):
-        return predict_picture(G, path, out_dir, opts, progress, stats)
+        return predict_picture(G, path, out_dir, opts, progress, stats, cancel)
     from rasterio.errors import RasterioIOError
     with rasterio_env():
         ds = open_raster(path)
         with ds:
             try:
-                return predict_raster(G, ds, path, out_dir, opts, progress, part, stats)
+                return predict_raster(G, ds, path, out_dir, opts, progress, part, stats, cancel)
             except RasterioIOError as e:  # GDAL reads lazily: a short file or a lost VRT source shows here
                 if "Read failed" not in str(e):
                     raise
@@ -344,7 +354,7 @@ def predict_file(G, path: Path, out_dir: Path, opts: Options, progress=True, par
 def picture_source(path: Path, opts: Options) -> TensorSource:
     """A PNG/JPEG decoded whole as uint8 (PIL): its input half with --pairs, resized by --scale."""
     from PIL import Image
-    img = input_half(dataset.load_rgb(path, opts.max_pixels), opts.pairs, opts.direction, path)
+    img = input_half(dataset.load_rgb(path, opts.max_pixels or dataset.MAX_PIXELS), opts.pairs, opts.direction, path)
     if opts.scale != 1.0:
         img = img.resize((max(1, round(img.width * opts.scale)), max(1, round(img.height * opts.scale))),
                          Image.BICUBIC)
@@ -365,7 +375,7 @@ def open_source(path: Path, opts: Options):
             yield source
 
 
-def predict_picture(G, path: Path, out_dir: Path, opts: Options, progress=False, stats=None) -> Path:
+def predict_picture(G, path: Path, out_dir: Path, opts: Options, progress=False, stats=None, cancel=None) -> Path:
     """A PNG/JPEG decoded whole as uint8 (PIL), translated by the same engine, saved as PNG (or TIFF)."""
     from PIL import Image
     from utils import save_image
@@ -376,15 +386,16 @@ def predict_picture(G, path: Path, out_dir: Path, opts: Options, progress=False,
         raise InputError(f"{path}: the output would overwrite the input; choose another --out")
     if fmt == "png":
         sink = ArraySink(source.height, source.width)
-        opts.engine.run(G, source, sink, progress, stats=stats)
+        opts.engine.run(G, source, sink, progress, stats=stats, cancel=cancel)
         save_image(Image.fromarray(sink.out), out)
         return out
     with rasterio_env():
-        return write_via_tiff(G, source, out, "tif", opts.engine, None, None, progress=progress, stats=stats)
+        return write_via_tiff(G, source, out, "tif", opts.engine, None, None, progress=progress, stats=stats,
+                              cancel=cancel)
 
 
 def translate_to_tiff(G, source, work: Path, engine: Engine, crs, transform, alpha=False, progress=False,
-                      rows=None, stats=None, overviews=False) -> int:
+                      rows=None, stats=None, overviews=False, cancel=None) -> int:
     """Run the engine into a new working GTiff (only the output rows `rows`, if given, for a part;
     with its overview files when `overviews`); returns the number of valid pixels written."""
     top, bottom = rows or (0, source.height)
@@ -392,7 +403,7 @@ def translate_to_tiff(G, source, work: Path, engine: Engine, crs, transform, alp
         transform = transform @ transform.translation(0, top)
     with contextlib.ExitStack() as files:
         sink = cog.open_sink(files, work, source.width, bottom - top, crs, transform, alpha, top, overviews)
-        valid = engine.run(G, source, sink, progress, rows, stats)
+        valid = engine.run(G, source, sink, progress, rows, stats, cancel)
         sink.finish()
     return valid
 
@@ -417,7 +428,7 @@ def finish(work: Path, grid: Path, out: Path, fmt: str, valid: int, alpha=False,
 
 
 def write_via_tiff(G, source, out: Path, fmt: str, engine: Engine, crs, transform, alpha=False,
-                   progress=False, back=None, stats=None) -> Path:
+                   progress=False, back=None, stats=None, cancel=None) -> Path:
     """Run the engine into a working GTiff next to `out`, optionally resample it back to the input
     grid (`back` = (dataset, bands)), then publish it as `out`. Temp files never outlive the call."""
     work = out.with_name(f".{out.stem}.work.tif")
@@ -425,7 +436,7 @@ def write_via_tiff(G, source, out: Path, fmt: str, engine: Engine, crs, transfor
     overviews = fmt == "tif" and back is None and cog.overviews_fit(source.width, source.height, engine.block)
     try:
         valid = translate_to_tiff(G, source, work, engine, crs, transform, alpha, progress, stats=stats,
-                                  overviews=overviews)
+                                  overviews=overviews, cancel=cancel)
         finish(work, grid, out, fmt, valid, alpha, back, overviews, stats)
     finally:
         cog.remove(work, grid)
@@ -463,16 +474,15 @@ def plan_raster(ds, path: Path, out_dir: Path, opts: Options) -> RasterPlan:
     out = out_dir / f"{path.stem}.{fmt}"
     if out.resolve() == path.resolve():
         raise InputError(f"{path}: the output would overwrite the input; choose another --out")
-    scale = ground_scale(ds, opts.gsd, path) if opts.gsd else opts.scale
+    width, height, scale = working_size(ds, path, opts)
     masked = any(f.name != "all_valid" for b in bands for f in ds.mask_flag_enums[b - 1])
     alpha = fmt == "png" and masked
-    if abs(scale - 1) < 1e-9:
-        return RasterPlan(bands, lo, hi, out, fmt, alpha, georef, ds.width, ds.height,
+    if scale == 1.0:
+        return RasterPlan(bands, lo, hi, out, fmt, alpha, georef, width, height,
                           ds.transform if georef else None, False)
     if not georef:
         raise InputError(f"{path}: --scale on a raster needs georeferencing to map the result back "
                          f"onto its grid (convert it to PNG to resize it plainly)")
-    width, height = max(1, round(ds.width * scale)), max(1, round(ds.height * scale))
     transform = ds.transform @ ds.transform.scale(ds.width / width, ds.height / height)
     return RasterPlan(bands, lo, hi, out, fmt, alpha, georef, width, height, transform, True)
 
@@ -492,7 +502,8 @@ def working_source(ds, plan: RasterPlan):
         yield RasterSource(vrt, plan.bands, plan.lo, plan.hi)
 
 
-def predict_raster(G, ds, path: Path, out_dir: Path, opts: Options, progress, part=None, stats=None) -> Path:
+def predict_raster(G, ds, path: Path, out_dir: Path, opts: Options, progress, part=None, stats=None,
+                   cancel=None) -> Path:
     """A GDAL raster: pick and scale bands, resample to the working resolution if asked, translate
     window by window, and write on the input's grid (or, for a part, its band of the working grid)."""
     plan = plan_raster(ds, path, out_dir, opts)
@@ -500,12 +511,13 @@ def predict_raster(G, ds, path: Path, out_dir: Path, opts: Options, progress, pa
     with working_source(ds, plan) as source:
         if part is None:
             return write_via_tiff(G, source, plan.out, plan.fmt, opts.engine, ds.crs, plan.transform, plan.alpha,
-                                  progress, back, stats)
+                                  progress, back, stats, cancel)
         k, n = part
         target = part_path(plan.out, k, n)
         rows = opts.engine.bands(plan.height, plan.width, n)[k]
         try:
-            translate_to_tiff(G, source, target, opts.engine, ds.crs, plan.transform, plan.alpha, progress, rows, stats)
+            translate_to_tiff(G, source, target, opts.engine, ds.crs, plan.transform, plan.alpha, progress, rows, stats,
+                              cancel=cancel)
         except BaseException:
             target.unlink(missing_ok=True)
             raise
@@ -526,9 +538,7 @@ def parts_of(path: Path, opts: Options, n: int) -> int:
     with rasterio_env():
         ds = open_raster(path)
         with ds:
-            scale = ground_scale(ds, opts.gsd, path) if opts.gsd else opts.scale
-            height = max(1, round(ds.height * scale))
-            width = max(1, round(ds.width * scale))
+            width, height, _ = working_size(ds, path, opts)
     return len(opts.engine.bands(height, width, n))
 
 

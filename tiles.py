@@ -12,8 +12,9 @@ writer (blend, write). On a GPU, or where the network's threads leave a CPU core
 writer are threads beside the network, joined by small bounded queues; where the network's threads
 hold every core they take turns on the calling thread instead, which is quicker there. A band
 of rows (`Engine.bands`) can be translated on its own, exactly as in the whole run: that is how
-predict.py shares one raster between processes. raster.py supplies GeoTIFF sources and sinks;
-`translate` is the in-memory form.
+predict.py shares one raster between processes. A run can be stopped from outside (Ctrl-C, a
+Stop button, a client gone, a time limit) through its cancel hook, checked before every forward pass.
+raster.py supplies GeoTIFF sources and sinks; `translate` is the in-memory form.
 """
 import contextlib
 import ctypes
@@ -30,6 +31,7 @@ from tqdm import tqdm
 
 from backends import as_net
 from generator import tta
+from utils import Cancelled
 
 SHOW_TILES = 32  # a per-file tile progress bar appears from this many tiles on
 MMAP_THRESHOLD = 256 << 10  # host buffers of this many bytes or more are mapped and unmapped whole
@@ -113,6 +115,13 @@ def run_tiles(G, tiles: torch.Tensor, places: list, paper: bool, seed: int, batc
     tiles = tiles.contiguous(memory_format=G.memory_format)
     run = (lambda chunk: tta(G, chunk)) if use_tta else (lambda chunk: G(chunk).float())
     return torch.cat([run(tiles[i:i + batch]) for i in range(0, len(tiles), batch)])
+
+
+def stop_if(cancel):
+    """Raise Cancelled when the cancel hook gives a reason to stop: cancel() returns None (or False)
+    to go on, else the reason, a str (True: no reason given)."""
+    if cancel is not None and (reason := cancel()):
+        raise Cancelled(reason if isinstance(reason, str) else "cancelled")
 
 
 def fill_invalid(t: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -203,7 +212,7 @@ class Engine:
         first = next(i for i, y in enumerate(ys) if y + self.tile > y0)
         return first, sum(y < y1 for y in ys)
 
-    def run(self, G, source, sink, progress=False, rows=None, stats: dict | None = None) -> int:
+    def run(self, G, source, sink, progress=False, rows=None, stats: dict | None = None, cancel=None) -> int:
         """Translate source into sink; returns the number of valid output pixels written.
 
         progress: True for a tile bar, or a callable progress(done_tiles, total_tiles) called after
@@ -211,7 +220,10 @@ class Engine:
         band from `bands`), each exactly as in a whole run. stats: a dict that receives the seconds
         spent reading, scaling (and cutting tiles), in the network, blending and writing (each
         stage's own time; they overlap), the run's wall time ("seconds") and the number of tiles of
-        each row run ("row_tiles")."""
+        each row run ("row_tiles"). cancel: a callable asked before each tile row is read and before
+        each forward pass (a tile in the paper mode, a batch with --eval), whatever runs the tiles:
+        None to go on, else the reason to stop, raised as Cancelled (the sink is then left
+        unfinished, for its owner to discard)."""
         began = time.perf_counter()
         fix_mmap_threshold()
         G = as_net(G)
@@ -228,19 +240,19 @@ class Engine:
         bar = tqdm(total=total, desc="tiles", unit="tile", leave=False,
                    disable=progress is not True or total < SHOW_TILES)
         report = progress if callable(progress) else None
-        rows_in = self._read(source, ys, blocks, cols, first, stop, device, stats)
+        rows_in = self._read(source, ys, blocks, cols, first, stop, device, stats, cancel)
         writer = Writer(self, sink, ys, blocks, cols, H, write_from, device, stats, bar, report, total)
         with G.inference(self.paper, self.seed):
             if self.pipeline if self.pipeline is not None else overlap_pays(device):
-                self._overlapped(G, rows_in, writer, device, stats)
+                self._overlapped(G, rows_in, writer, device, stats, cancel)
             else:
                 for row in rows_in:
-                    writer(self._network(G, row, device, stats))
+                    writer(self._network(G, row, device, stats, cancel))
         bar.close()
         stats["seconds"] = stats.get("seconds", 0.0) + time.perf_counter() - began
         return writer.valid_pixels
 
-    def _read(self, source, ys, blocks, cols, first, stop, device, stats):
+    def _read(self, source, ys, blocks, cols, first, stop, device, stats, cancel=None):
         """Rows of tiles, block by block (the reader's work): read, scale, pad, share of valid pixels
         and invalid fill, all decided on the host from the mask, so the device is never waited on."""
         t = self.tile
@@ -248,6 +260,7 @@ class Engine:
         for k, ((x0, x1), block_cols) in enumerate(zip(blocks, cols)):
             cx0, cx1 = block_cols[0], block_cols[-1] + t
             for r in range(first, stop):
+                stop_if(cancel)
                 y = ys[r]
                 start = time.perf_counter()
                 if read_raw is not None:
@@ -290,7 +303,7 @@ class Engine:
             b.copy_(tile)
         return Row(k, r, batch, places, shares, valid)
 
-    def _network(self, G, row: Row, device, stats) -> Row:
+    def _network(self, G, row: Row, device, stats, cancel=None) -> Row:
         """G on one row's tiles (the main thread's work)."""
         if row.tiles is None:
             stats["row_tiles"].append(0)
@@ -301,7 +314,12 @@ class Engine:
             events = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             events[0].record()
         tiles = row.tiles.to(device, non_blocking=True)
-        row.out = run_tiles(G, tiles, row.places, self.paper, self.seed, self.batch, self.tta)
+        step, out = 1 if self.paper else self.batch, []  # a paper-mode tile is its own forward pass anyway
+        for i in range(0, len(tiles), step):  # so a long row stops at its next tile, not at its end
+            stop_if(cancel)
+            out.append(run_tiles(G, tiles[i:i + step], row.places[i:i + step], self.paper, self.seed, self.batch,
+                                 self.tta))
+        row.out = torch.cat(out)
         if events is not None:
             events[1].record()
             row.timing = events  # the GPU's time, read by the writer once it has waited for the row
@@ -311,7 +329,7 @@ class Engine:
         row.tiles = None  # the host copy may go
         return row
 
-    def _overlapped(self, G, rows_in, writer, device, stats):
+    def _overlapped(self, G, rows_in, writer, device, stats, cancel=None):
         """The reader thread, the network here, the writer thread, with bounded queues between them.
         An exception in any of the three stops the others and is raised here."""
         inbox, outbox = queue.Queue(self.queue_rows), queue.Queue(self.queue_rows)
@@ -342,7 +360,7 @@ class Engine:
             th.start()
         try:
             while (row := get(inbox, stop)) is not DONE:
-                if not put(outbox, self._network(G, row, device, stats), stop):
+                if not put(outbox, self._network(G, row, device, stats, cancel), stop):
                     break
             else:
                 put(outbox, DONE, stop)

@@ -25,6 +25,11 @@ class InputError(ValueError):
     Library code raises it; only a command's main turns it into one line and an exit status."""
 
 
+class Cancelled(Exception):
+    """A translation stopped before its end by its cancel hook (tiles.Engine.run's `cancel`: Ctrl-C,
+    a Stop button, a client gone, a time limit); the message says why. What it was writing is removed."""
+
+
 def first_line(error: BaseException, limit: int = 160) -> str:
     """The first line of an exception's message (its type where it has none), cut to limit chars:
     enough to say what went wrong inside a one-line error."""
@@ -32,14 +37,15 @@ def first_line(error: BaseException, limit: int = 160) -> str:
 
 
 def run_command(main, argv=None):
-    """Run a command's main(argv): bad input, a failing file system or Ctrl-C before the command's own
-    handling end as one line on stderr and a non-zero exit status, never a traceback."""
+    """Run a command's main(argv): bad input, a failing file system, a cancelled translation or Ctrl-C
+    before the command's own handling end as one line on stderr and a non-zero exit status, never a
+    traceback."""
     for stream in (sys.stdout, sys.stderr):  # file names need not be UTF-8; never crash printing one
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
     try:
         return main(argv)
-    except InputError as e:
+    except (InputError, Cancelled) as e:
         sys.exit(f"error: {e}")
     except OSError as e:
         if e.errno in (errno.EPIPE,):

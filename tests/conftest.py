@@ -36,6 +36,21 @@ def make_ab(path, w=128, h=64, seed=0, mode="RGB"):
     return path
 
 
+def make_geotiff(path, width, height, res=1.5, sparse=False):
+    """An RGB GeoTIFF of noise at `res` m/px (EPSG:3857). sparse: tiled, deflated and no block written,
+    so that even 30000 x 30000 px take a few tens of kB on disk."""
+    import rasterio
+    from rasterio.transform import from_origin
+    profile = dict(driver="GTiff", width=width, height=height, count=3, dtype="uint8", crs="EPSG:3857",
+                   transform=from_origin(1000, 2000, res, res))
+    if sparse:
+        profile.update(tiled=True, blockxsize=512, blockysize=512, compress="deflate", sparse_ok=True)
+    with rasterio.open(path, "w", **profile) as ds:
+        if not sparse:
+            ds.write(np.random.default_rng(0).integers(0, 256, (3, height, width), dtype=np.uint8))
+    return Path(path)
+
+
 def make_dataset(root, n_train=4, n_val=2, **kw):
     for split, n in (("train", n_train), ("val", n_val)):
         for i in range(n):
