@@ -1,8 +1,6 @@
 """The web app (app.py): its API gives predict.py's map, serves concurrent clients, answers bad uploads
 with a message and keeps serving, and works in a real browser. One server is shared by the module."""
 import os
-import shutil
-import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -13,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import SHARED_SAMPLE
+from conftest import SHARED_SAMPLE, free_port, launch_chromium, tiny_generator
 
 gr = pytest.importorskip("gradio", reason="the app needs gradio (pip install -r requirements.txt)")
 gradio_client = pytest.importorskip("gradio_client")
@@ -24,34 +22,9 @@ from gradio_client.utils import QueueError  # noqa: E402
 import app  # noqa: E402
 import predict  # noqa: E402
 
-CHROMIUM = os.environ.get("SAT2MAP_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
-                  "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 MAX_MEGAPIXELS = 1  # the server's PNG/JPEG limit in these tests
 MAX_UPLOAD_MB = 1
 QUEUE = 4
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def tiny_generator(path: Path, seed=0):
-    """A G.pt of an 8-wide generator with random weights and running statistics, so that eval and
-    paper mode give different maps."""
-    import torch
-    from generator import Generator, init_weights
-    torch.manual_seed(seed)
-    G = init_weights(Generator(ngf=8))
-    for m in G.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.normal_(0, 0.1)
-            m.running_var.uniform_(0.5, 2)
-    path.parent.mkdir(parents=True)
-    torch.save({"G": G.state_dict(), "config": {"ngf": 8, "direction": "AtoB"}}, path)
-    return path
 
 
 def picture(path: Path, w=300, h=200, seed=0) -> Path:
@@ -194,15 +167,10 @@ def test_page_in_a_real_browser(server, tmp_path):
     to $SAT2MAP_SCREENSHOT or the test's folder. docs/app.png: SAT2MAP_APP_WEIGHTS=weights/maps/G.pt
     SAT2MAP_SCREENSHOT=docs/app.png python -m pytest tests/test_app.py -k browser"""
     sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (Python package)")
-    if not shutil.which(CHROMIUM):
-        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium, or set SAT2MAP_CHROMIUM)")
     src = picture(tmp_path / "tile.png", 256, 256, seed=3)
     shot = Path(os.environ.get("SAT2MAP_SCREENSHOT") or tmp_path / "app.png")
     with sync_api.sync_playwright() as p:
-        try:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
-        except sync_api.Error as e:
-            pytest.skip(f"Chromium at {CHROMIUM} does not start headless: {str(e).splitlines()[0]}")
+        browser = launch_chromium(p)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             page.goto(server.url, timeout=60_000)
