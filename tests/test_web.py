@@ -198,6 +198,7 @@ def test_picture_of_several_tiles_equals_predict(page, exported, tmp_path):
     assert got.shape == (500, 700, 3) and np.abs(got - want).max() <= LEVELS
     status = page.locator("#status").text_content()
     assert "700×500 px, 12 tiles" in status and "MP/s" in status and "WASM SIMD, 1 thread" in status
+    assert f"model {exported.name}" in status
     shot = Path(os.environ.get("SAT2MAP_WEB_SCREENSHOT") or tmp_path / "web.png")
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 10_000
@@ -237,13 +238,25 @@ def test_16_bit_geotiff_gives_a_geotiff_on_its_grid(page, exported, tmp_path, mo
         assert np.abs(g.read([1, 2, 3]).astype(int) - w.read().astype(int))[:, valid].max() <= LEVELS
 
 
+def drop(page, path: Path):
+    """Drop a file on the page's drop zone, as a person drags one from their files."""
+    transfer = page.evaluate_handle("([name, bytes]) => { const t = new DataTransfer(); "
+                                    "t.items.add(new File([new Uint8Array(bytes)], name)); return t; }",
+                                    [path.name, list(path.read_bytes())])
+    page.dispatch_event("#drop", "drop", {"dataTransfer": transfer})
+    page.locator("#chosen").get_by_text(path.name).wait_for(timeout=10_000)
+
+
 def test_bad_files_get_a_message_and_the_next_translation_works(page, tmp_path):
     text = tmp_path / "notes.png"
     text.write_text("not an image\n")
     huge = tmp_path / "huge.png"
     Image.new("1", (8000, 6000)).save(huge)  # 48 megapixels, a 1-bit PNG of a few kB
     for bad, words in ((text, "not a PNG, JPEG or TIFF"), (huge, "over this page's limit of 40")):
-        page.set_input_files("#file", str(bad))
+        if bad is text:
+            drop(page, bad)  # through the drop zone, the picker's sibling
+        else:
+            page.set_input_files("#file", str(bad))
         page.click("#translate")
         page.locator("#message").get_by_text(words).wait_for(timeout=30_000)
         assert bad.name in page.locator("#message").text_content()
