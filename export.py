@@ -1,11 +1,13 @@
 """Export a generator to ONNX (eval mode: running BatchNorm statistics, no dropout) and check it.
 
     python export.py --weights weights/maps/G.pt --out sat2map.onnx
+    python export.py --weights weights/maps/G.pt --web web/models/sat2map.onnx   # for the page in web/
 
 Batch, height and width are dynamic; height and width must be multiples of 256 (128 for unet_128, 4 for
 the ResNet generators). PyTorch's exporter (torch.export, then onnxscript) traces the generator on
 --device. The exported model is run with onnxruntime on a random input (--seed) and compared with
-PyTorch float32 on the CPU before the command succeeds.
+PyTorch float32 on the CPU before the command succeeds. --web writes the browser-sized model and its
+card instead (web_export.py).
 """
 import sys
 from pathlib import Path
@@ -60,21 +62,40 @@ def max_difference(G, path, shape=(2, 3, 256, 512), seed=0) -> float:
 def main(argv=None):
     p = command_parser("Export a pix2pix generator to ONNX (eval mode) and check it with onnxruntime.")
     p.add_argument("--weights", required=True, help=WEIGHTS_HELP)
-    p.add_argument("--out", required=True, help="output .onnx file")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--out", help="output .onnx file")
+    target.add_argument("--web", metavar="NAME.onnx", help="the browser-sized model for web/ instead (float16 "
+                        "weights, or int8 over 60 MB), with its card NAME.json; e.g. web/models/NAME.onnx")
     p.rename("--onnx", "--out")
+    p.add_argument("--int8", action="store_true", help="with --web: int8 weights even where float16 fits")
+    p.add_argument("--calibrate", metavar="FOLDER", help="with --web: PNG/JPEG satellite pictures that int8 is "
+                   "calibrated on and the difference from float32 is measured on (default: a random input)")
+    p.add_argument("--pairs", action="store_true", help="with --calibrate: the pictures are A|B pairs; use "
+                   "the weights' input half")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset version (18 to 20)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random input the check runs on")
     add_device(p)
     args = p.parse_args(argv)
     if not 18 <= args.opset <= 20:  # what the exporter writes without a lossy version conversion
         p.error(f"--opset {args.opset}: expected 18 to 20")
-    out = Path(args.out)
+    if not args.web and (args.int8 or args.calibrate or args.pairs):
+        p.error("--int8, --calibrate and --pairs go with --web")
+    flag = "--web" if args.web else "--out"
+    out = Path(args.web or args.out)
     if out.is_dir():
-        raise InputError(f"--out {out}: is a folder, expected an .onnx file name")
+        raise InputError(f"{flag} {out}: is a folder, expected an .onnx file name")
     if not out.parent.is_dir():
-        raise InputError(f"--out {out}: folder {out.parent} does not exist")
+        raise InputError(f"{flag} {out}: folder {out.parent} does not exist")
     device = pick_device(args.device)
-    G, _ = load_generator(args.weights, device)
+    G, config = load_generator(args.weights, device)
+    if args.web:
+        import web_export
+        card = web_export.export_web(G, config, args.weights, out, args.int8, args.calibrate, args.pairs,
+                                         args.seed, args.opset)
+        diff = card["difference_from_float32"]
+        print(f"wrote {out} ({card['precision']}, {card['bytes'] / 1e6:.1f} MB) and its card; it differs from float32 "
+              f"by {diff['mean_levels']} levels on average, {diff['max_levels']} at most, on {diff['measured_on']}")
+        return
     export(G, out, args.opset)
     diff = max_difference(G, out, seed=args.seed)
     if diff > 1e-4:

@@ -1,7 +1,9 @@
-"""Shared fixtures: small generated datasets, the real maps sample, and a quick way to train."""
+"""Shared fixtures: small generated datasets, the real maps sample, a quick way to train, a tiny
+generator, and headless Chromium for the browser tests."""
 import atexit
 import os
 import shutil
+import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -23,6 +25,46 @@ atexit.register(shutil.rmtree, os.environ["SAT2MAP_CACHE"], ignore_errors=True)
 # later --device cuda, which argparse takes instead)
 TINY = ["--ngf", "8", "--ndf", "8", "--log-every", "1", "--sample-every", "1000", "--save-every", "1000",
         "--device", "cpu"]
+
+
+CHROMIUM = os.environ.get("SAT2MAP_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
+                  "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tiny_generator(path: Path, seed=0, gain=0.02):
+    """A G.pt of an 8-wide generator with random weights and running statistics, so that eval and
+    paper mode give different maps. At the default init gain its maps vary by a few levels only; 0.09
+    gives them contrast (a standard deviation of about 25 levels)."""
+    import torch
+    from generator import Generator, init_weights
+    torch.manual_seed(seed)
+    G = init_weights(Generator(ngf=8), gain=gain)
+    for m in G.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.1)
+            m.running_var.uniform_(0.5, 2)
+    path.parent.mkdir(parents=True)
+    torch.save({"G": G.state_dict(), "config": {"ngf": 8, "direction": "AtoB"}}, path)
+    return path
+
+
+def launch_chromium(playwright):
+    """Debian's Chromium, headless, through Playwright; skips the test, saying why, where it is missing
+    or does not start."""
+    from playwright.sync_api import Error
+    if not shutil.which(CHROMIUM):
+        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium, or set SAT2MAP_CHROMIUM)")
+    try:
+        return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+    except Error as e:
+        pytest.skip(f"Chromium at {CHROMIUM} does not start headless: {str(e).splitlines()[0]}")
 
 
 def make_ab(path, w=128, h=64, seed=0, mode="RGB"):

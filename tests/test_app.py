@@ -3,8 +3,6 @@ with a message and keeps serving, bounds every request's work and time, stops wo
 shows no server path, and works in a real browser. One server is shared by the module."""
 import contextlib
 import os
-import shutil
-import socket
 import threading
 import time
 import uuid
@@ -16,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT, SHARED_SAMPLE, make_geotiff
+from conftest import ROOT, SHARED_SAMPLE, free_port, launch_chromium, make_geotiff, tiny_generator
 
 gr = pytest.importorskip("gradio", reason="the app needs gradio (pip install -r requirements.txt)")
 gradio_client = pytest.importorskip("gradio_client")
@@ -28,35 +26,10 @@ import app  # noqa: E402
 import predict  # noqa: E402
 from utils import Cancelled  # noqa: E402
 
-CHROMIUM = os.environ.get("SAT2MAP_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
-                  "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 MAX_MEGAPIXELS = 20  # the server's bound on a request's work in these tests
 MAX_UPLOAD_MB = 1
 QUEUE = 4
 LONG = {"mode": "paper", "tta": True}  # on a long scene: a tile at a time, 8 passes each
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def tiny_generator(path: Path, seed=0):
-    """A G.pt of an 8-wide generator with random weights and running statistics, so that eval and
-    paper mode give different maps."""
-    import torch
-    from generator import Generator, init_weights
-    torch.manual_seed(seed)
-    G = init_weights(Generator(ngf=8))
-    for m in G.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.normal_(0, 0.1)
-            m.running_var.uniform_(0.5, 2)
-    path.parent.mkdir(parents=True)
-    torch.save({"G": G.state_dict(), "config": {"ngf": 8, "direction": "AtoB"}}, path)
-    return path
 
 
 def picture(path: Path, w=300, h=200, seed=0) -> Path:
@@ -399,13 +372,8 @@ def test_each_model_loads_once_and_at_most_n_stay(monkeypatch):
 def chromium_page(url: str):
     """Headless Chromium (Playwright) on the app's page; skips, saying why, where it cannot run."""
     sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (Python package)")
-    if not shutil.which(CHROMIUM):
-        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium, or set SAT2MAP_CHROMIUM)")
     with sync_api.sync_playwright() as p:
-        try:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
-        except sync_api.Error as e:
-            pytest.skip(f"Chromium at {CHROMIUM} does not start headless: {str(e).splitlines()[0]}")
+        browser = launch_chromium(p)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             page.goto(url, timeout=60_000)

@@ -1,0 +1,185 @@
+"""The browser-sized export for the static page in web/: a small ONNX model and its JSON card.
+
+    python export.py --weights weights/maps/G.pt --web web/models/sat2map.onnx
+
+export.py's --web calls `export_web`. The model is the eval-mode export of export.py (checked against
+PyTorch) with its weights stored small enough for a browser to fetch: float16 initializers, each cast
+back to float32 by a Cast node at the top of the graph (ONNX Runtime folds the casts when the session
+is made, so every ONNX Runtime Web backend runs it in float32), or, where float16 is still over
+MAX_BYTES (the full-size U-Net: 109 MB) or --int8 asks for it, issue 22's static int8 quantization
+(backends.quantize_int8), calibrated on real tiles (--calibrate). Beside NAME.onnx goes NAME.json, the
+card the page reads: name, direction, tile and overlap, normalisation, precision, the source weights
+and their SHA-256, and the model's measured difference from float32 in levels of 255. The folder's
+index.json lists every card in it, as a static host cannot list a folder.
+"""
+import hashlib
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import dataset
+import raster
+from export import MISSING, export, max_difference
+from generator import fetch_pretrained
+from tiles import pad_reflect, tile_starts
+from utils import InputError, atomic_write_text, replace_durably
+
+MAX_BYTES = 60_000_000  # the most a page should make a visitor download (float32 full size: 218 MB)
+CALIBRATION_TILES = 8  # tiles of --calibrate that int8 is calibrated on and the difference is measured on
+TILE, OVERLAP = 256, 64  # what the page tiles with: tiles.py's (predict.py's) defaults
+CARD_FORMAT = "sat2map-web-model/1"
+NORMALISATION = {"input": "x = v / 127.5 - 1 for uint8 RGB v; other data first stretched per band to 0-255 "
+                          "between its 2nd and 98th percentiles of valid pixels",
+                 "output": "v = round((clip(y, -1, 1) + 1) * 127.5)"}
+
+
+def export_web(G, config: dict, weights, out: Path, int8=False, calibrate=None, pairs=False, seed=0,
+               opset=18) -> dict:
+    """Write the browser-sized model `out` (.onnx), its card (.json beside it) and the folder's
+    index.json; returns the card. Float16 weights unless they would be over MAX_BYTES or `int8` is
+    set, then int8, calibrated on tiles of the folder `calibrate` (required for it)."""
+    out = Path(out)
+    if out.suffix != ".onnx" or out.stem == "index":
+        raise InputError(f"--web {out}: expected a NAME.onnx file name (NAME other than index)")
+    precision = "int8" if int8 or fp16_bytes(G) > MAX_BYTES else "fp16"
+    why = "--int8" if int8 else f"{fp16_bytes(G) / 1e6:.0f} MB in float16, over the page's {MAX_BYTES / 1e6:.0f} MB"
+    quantize = int8_quantizer(out, why) if precision == "int8" else None
+    if quantize is not None and calibrate is None:
+        raise InputError(f"--web {out}: int8 weights ({why}) are calibrated on real tiles: add --calibrate FOLDER "
+                         f"(satellite pictures; --pairs for A|B pairs)")
+    tiles = None if calibrate is None else calibration_tiles(Path(calibrate), pairs, config["direction"])
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.stem}.") as tmp:  # beside out: renamed into place
+        fp32, small = Path(tmp) / "float32.onnx", Path(tmp) / "web.onnx"
+        export(G, fp32, opset)
+        diff = max_difference(G, fp32, seed=seed)
+        if diff > 1e-4:
+            raise InputError(f"{out}: the float32 export differs from PyTorch by {diff:.2e} (limit 1e-4)")
+        if quantize is None:
+            save_fp16(fp32, small)
+        else:
+            quantize(fp32, small, tiles)
+        size = small.stat().st_size
+        if size > MAX_BYTES:
+            raise InputError(f"--web {out}: the {precision} model is {size / 1e6:.0f} MB, over the page's bound of "
+                             f"{MAX_BYTES / 1e6:.0f} MB")
+        card = make_card(out, config, weights, precision, size, difference(fp32, small, tiles, seed))
+        replace_durably(small, out)
+    atomic_write_text(out.with_suffix(".json"), json.dumps(card, indent=2) + "\n")
+    write_index(out.parent)
+    return card
+
+
+def fp16_bytes(G) -> int:
+    """The size of G's weights and buffers in float16."""
+    return 2 * sum(t.numel() for t in [*G.parameters(), *G.buffers()] if t.is_floating_point())
+
+
+def save_fp16(fp32: Path, path: Path):
+    """The model at fp32 with its float32 initializers stored as float16, each cast back to float32
+    at the top of the graph (those float16 cannot hold stay float32)."""
+    import onnx
+    from onnx import helper, numpy_helper
+    model = onnx.load(str(fp32))
+    casts = []
+    for init in model.graph.initializer:
+        if init.data_type != onnx.TensorProto.FLOAT:
+            continue
+        weights = numpy_helper.to_array(init)
+        if weights.size and np.abs(weights).max() > np.finfo(np.float16).max:
+            continue
+        name = init.name
+        init.CopyFrom(numpy_helper.from_array(weights.astype(np.float16), f"{name}__fp16"))
+        casts.append(helper.make_node("Cast", [f"{name}__fp16"], [name], name=f"{name}__cast",
+                                      to=onnx.TensorProto.FLOAT))
+    nodes = casts + list(model.graph.node)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
+def int8_quantizer(out: Path, why: str):
+    """Issue 22's static int8 quantization, quantize_int8(fp32_onnx, out, tiles) (QDQ, per-channel
+    weights, calibrated on tiles), or a clear line where this checkout does not have it."""
+    try:
+        from backends import quantize_int8
+    except ImportError:
+        raise InputError(f"--web {out}: int8 weights ({why}) need the int8 quantizer (backends.quantize_int8, "
+                         f"issue 22), which this checkout does not have yet") from None
+    return quantize_int8
+
+
+def calibration_tiles(folder: Path, pairs: bool, direction: str) -> np.ndarray:
+    """Up to CALIBRATION_TILES tiles (N, 3, TILE, TILE) in [-1, 1] from the PNG/JPEG pictures of folder,
+    sorted, each cut on the tile grid without overlap (smaller ones padded by reflection, as the tile
+    engine does); with `pairs`, from the input half of each A|B pair."""
+    files = dataset.images_in(folder) if folder.is_dir() else []
+    if not files:
+        raise InputError(f"--calibrate {folder}: expected a folder of PNG/JPEG satellite pictures")
+    found = []
+    for path in files:
+        img = raster.input_half(dataset.load_rgb(path), pairs, direction, path)
+        x = torch.from_numpy(np.asarray(img, dtype=np.float32).copy()).permute(2, 0, 1) / 127.5 - 1
+        x = pad_reflect(x[None], max(TILE, x.shape[1]), max(TILE, x.shape[2]))[0]
+        for y in tile_starts(x.shape[1], TILE, 0):
+            for x0 in tile_starts(x.shape[2], TILE, 0):
+                found.append(x[:, y:y + TILE, x0:x0 + TILE])
+                if len(found) == CALIBRATION_TILES:
+                    return torch.stack(found).numpy()
+    return torch.stack(found).numpy()
+
+
+def levels(y: np.ndarray) -> np.ndarray:
+    """Network output in [-1, 1] -> levels 0..255, as the page and predict.py write them."""
+    return np.round((np.clip(y, -1, 1) + 1) * 127.5)
+
+
+def difference(fp32: Path, small: Path, tiles: np.ndarray | None, seed: int) -> dict:
+    """Mean and largest difference in levels of 255 between the browser-sized model and the float32
+    export, both run by onnxruntime on the CPU: on the calibration tiles, else on the random input
+    export.py checks with."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise InputError(MISSING) from None
+    if tiles is None:
+        x = (torch.rand((2, 3, 256, 512), generator=torch.Generator().manual_seed(seed)) * 2 - 1).numpy()
+        where = f"a random 2x3x256x512 input (seed {seed})"
+    else:
+        x, where = tiles, f"{len(tiles)} tiles of the calibration pictures"
+    y = [levels(ort.InferenceSession(str(f), providers=["CPUExecutionProvider"]).run(None, {"satellite": x})[0])
+         for f in (fp32, small)]
+    gap = np.abs(y[0] - y[1])
+    return {"mean_levels": round(float(gap.mean()), 4), "max_levels": int(gap.max()), "measured_on": where}
+
+
+def sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def make_card(out: Path, config: dict, weights, precision: str, size: int, diff: dict) -> dict:
+    """The model's card: what the page needs to run it and what a reader needs to trust it."""
+    source = Path(weights) if Path(weights).is_file() else fetch_pretrained(str(weights))
+    return {"format": CARD_FORMAT, "name": out.stem, "model": out.name, "direction": config["direction"],
+            "netG": config.get("netG", "unet_256"), "ngf": int(config.get("ngf", 64)), "mode": "eval",
+            "tile": TILE, "overlap": OVERLAP, "input": "satellite", "output": "map",
+            "normalisation": NORMALISATION, "precision": precision, "bytes": size,
+            "difference_from_float32": diff, "weights": {"file": source.name, "sha256": sha256(source)}}
+
+
+def write_index(folder: Path):
+    """folder/index.json: the cards of the models in folder, by name (what the page lists)."""
+    cards = []
+    for path in sorted(folder.glob("*.json")):
+        try:
+            card = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(card, dict) and card.get("format") == CARD_FORMAT and (folder / card["model"]).is_file():
+            cards.append({k: card[k] for k in ("name", "model", "direction", "precision", "bytes")}
+                         | {"card": path.name})
+    atomic_write_text(folder / "index.json", json.dumps({"models": cards}, indent=2) + "\n")
