@@ -7,7 +7,7 @@ PyTorch) with its weights stored small enough for a browser to fetch: float16 in
 back to float32 by a Cast node at the top of the graph (ONNX Runtime folds the casts when the session
 is made, so every ONNX Runtime Web backend runs it in float32), or, where float16 is still over
 MAX_BYTES (the full-size U-Net: 109 MB) or --int8 asks for it, issue 22's static int8 quantization
-(backends.quantize_int8), calibrated on real tiles (--calibrate). Beside NAME.onnx goes NAME.json, the
+(int8.quantize_int8), calibrated on real tiles (--calibrate). Beside NAME.onnx goes NAME.json, the
 card the page reads: name, direction, tile and overlap, normalisation, precision, the source weights
 and their SHA-256, and the model's measured difference from float32 in levels of 255. The folder's
 index.json lists every card in it, as a static host cannot list a folder.
@@ -20,11 +20,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import dataset
+import backends
+import int8
 import raster
-from export import MISSING, export, max_difference
+from export import export, max_difference
 from generator import fetch_pretrained
-from tiles import pad_reflect, tile_starts
+from tiles import Engine
 from utils import InputError, atomic_write_text, replace_durably
 
 MAX_BYTES = 60_000_000  # the most a page should make a visitor download (float32 full size: 218 MB)
@@ -46,8 +47,7 @@ def export_web(G, config: dict, weights, out: Path, int8=False, calibrate=None, 
         raise InputError(f"--web {out}: expected a NAME.onnx file name (NAME other than index)")
     precision = "int8" if int8 or fp16_bytes(G) > MAX_BYTES else "fp16"
     why = "--int8" if int8 else f"{fp16_bytes(G) / 1e6:.0f} MB in float16, over the page's {MAX_BYTES / 1e6:.0f} MB"
-    quantize = int8_quantizer(out, why) if precision == "int8" else None
-    if quantize is not None and calibrate is None:
+    if precision == "int8" and calibrate is None:
         raise InputError(f"--web {out}: int8 weights ({why}) are calibrated on real tiles: add --calibrate FOLDER "
                          f"(satellite pictures; --pairs for A|B pairs)")
     tiles = None if calibrate is None else calibration_tiles(Path(calibrate), pairs, config["direction"])
@@ -57,10 +57,10 @@ def export_web(G, config: dict, weights, out: Path, int8=False, calibrate=None, 
         diff = max_difference(G, fp32, seed=seed)
         if diff > 1e-4:
             raise InputError(f"{out}: the float32 export differs from PyTorch by {diff:.2e} (limit 1e-4)")
-        if quantize is None:
+        if precision == "fp16":
             save_fp16(fp32, small)
         else:
-            quantize(fp32, small, tiles)
+            int8.quantize_int8(fp32, small, tiles)
         size = small.stat().st_size
         if size > MAX_BYTES:
             raise InputError(f"--web {out}: the {precision} model is {size / 1e6:.0f} MB, over the page's bound of "
@@ -101,59 +101,26 @@ def save_fp16(fp32: Path, path: Path):
     onnx.save(model, str(path))
 
 
-def int8_quantizer(out: Path, why: str):
-    """Issue 22's static int8 quantization, quantize_int8(fp32_onnx, out, tiles) (QDQ, per-channel
-    weights, calibrated on tiles), or a clear line where this checkout does not have it."""
-    try:
-        from backends import quantize_int8
-    except ImportError:
-        raise InputError(f"--web {out}: int8 weights ({why}) need the int8 quantizer (backends.quantize_int8, "
-                         f"issue 22), which this checkout does not have yet") from None
-    return quantize_int8
+def calibration_tiles(folder: Path, pairs: bool, direction: str) -> torch.Tensor:
+    """CALIBRATION_TILES tiles (N, 3, TILE, TILE) in [-1, 1] of the pictures or rasters in folder, read
+    as predict.py reads them (with `pairs`, the input half of each A|B pair): int8's own choice of
+    tiles (int8.calibration_tiles)."""
+    opts = raster.Options(Engine(TILE, OVERLAP), pairs=pairs, direction=direction)
+    return int8.calibration_tiles(raster.input_files(folder), opts, CALIBRATION_TILES)
 
 
-def calibration_tiles(folder: Path, pairs: bool, direction: str) -> np.ndarray:
-    """Up to CALIBRATION_TILES tiles (N, 3, TILE, TILE) in [-1, 1] from the PNG/JPEG pictures of folder,
-    sorted, each cut on the tile grid without overlap (smaller ones padded by reflection, as the tile
-    engine does); with `pairs`, from the input half of each A|B pair."""
-    files = dataset.images_in(folder) if folder.is_dir() else []
-    if not files:
-        raise InputError(f"--calibrate {folder}: expected a folder of PNG/JPEG satellite pictures")
-    found = []
-    for path in files:
-        img = raster.input_half(dataset.load_rgb(path), pairs, direction, path)
-        x = torch.from_numpy(np.asarray(img, dtype=np.float32).copy()).permute(2, 0, 1) / 127.5 - 1
-        x = pad_reflect(x[None], max(TILE, x.shape[1]), max(TILE, x.shape[2]))[0]
-        for y in tile_starts(x.shape[1], TILE, 0):
-            for x0 in tile_starts(x.shape[2], TILE, 0):
-                found.append(x[:, y:y + TILE, x0:x0 + TILE])
-                if len(found) == CALIBRATION_TILES:
-                    return torch.stack(found).numpy()
-    return torch.stack(found).numpy()
-
-
-def levels(y: np.ndarray) -> np.ndarray:
-    """Network output in [-1, 1] -> levels 0..255, as the page and predict.py write them."""
-    return np.round((np.clip(y, -1, 1) + 1) * 127.5)
-
-
-def difference(fp32: Path, small: Path, tiles: np.ndarray | None, seed: int) -> dict:
-    """Mean and largest difference in levels of 255 between the browser-sized model and the float32
-    export, both run by onnxruntime on the CPU: on the calibration tiles, else on the random input
-    export.py checks with."""
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise InputError(MISSING) from None
+def difference(fp32: Path, small: Path, tiles: torch.Tensor | None, seed: int) -> dict:
+    """How far the browser-sized model is from the float32 export, both run by onnxruntime on the CPU:
+    mean and largest difference in levels of 255 and the share of pixels of the same structure class
+    (int8.cost), on the calibration tiles, else on the random input export.py checks with."""
     if tiles is None:
-        x = (torch.rand((2, 3, 256, 512), generator=torch.Generator().manual_seed(seed)) * 2 - 1).numpy()
+        tiles = torch.rand((2, 3, 256, 512), generator=torch.Generator().manual_seed(seed)) * 2 - 1
         where = f"a random 2x3x256x512 input (seed {seed})"
     else:
-        x, where = tiles, f"{len(tiles)} tiles of the calibration pictures"
-    y = [levels(ort.InferenceSession(str(f), providers=["CPUExecutionProvider"]).run(None, {"satellite": x})[0])
-         for f in (fp32, small)]
-    gap = np.abs(y[0] - y[1])
-    return {"mean_levels": round(float(gap.mean()), 4), "max_levels": int(gap.max()), "measured_on": where}
+        where = f"{len(tiles)} tiles of the calibration pictures"
+    cost = int8.cost(backends.OrtNet(fp32), backends.OrtNet(small), tiles)
+    return {"mean_levels": round(cost.mean, 4), "max_levels": int(cost.max), "structure_agreement": cost.agree,
+            "measured_on": where}
 
 
 def sha256(path: Path) -> str:

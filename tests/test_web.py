@@ -20,6 +20,7 @@ import pytest
 from PIL import Image
 
 import export
+import int8
 import predict
 import raster
 import web_export
@@ -47,10 +48,9 @@ def rgb(path) -> np.ndarray:
 
 
 def predicted(weights, src: Path, out: Path) -> Path:
-    """predict.py --eval on src in torch float32, the reference the page must equal."""
-    # at the merge of issue 22: --backend onnxruntime instead of --amp off (which it equals within 1 level)
+    """predict.py --eval --backend onnxruntime on src, the reference the page must equal."""
     assert predict.main(["--weights", str(weights), "--input", str(src), "--out", str(out), "--eval",
-                         "--amp", "off", "--device", "cpu"]) == 0
+                         "--backend", "onnxruntime", "--device", "cpu"]) == 0
     return out / next(p.name for p in out.iterdir() if p.stem == src.stem)
 
 
@@ -83,8 +83,8 @@ def test_export_writes_float16_weights_and_a_card(exported):
     G = load_generator(exported.weights)[0].eval()
     x = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(1)) * 2 - 1
     with torch.no_grad():
-        want = web_export.levels(G(x).numpy())
-    got = web_export.levels(ort.InferenceSession(str(exported.models / card["model"])).run(None, {"satellite": x.numpy()})[0])
+        want = int8.levels(G(x)).numpy()
+    got = int8.levels(torch.from_numpy(ort.InferenceSession(str(exported.models / card["model"])).run(None, {"satellite": x.numpy()})[0])).numpy()
     diff = card["difference_from_float32"]
     assert 0 < np.abs(got - want).max() <= 2 and diff["max_levels"] <= 2 and 0 < diff["mean_levels"] < 0.1
     index = json.loads((exported.models / "index.json").read_text())
