@@ -104,7 +104,8 @@ class Models:
                  calibrate=None):
         self.choices, self.device, self.keep = choices, pick_device(str(device)), keep
         self.backend, self.int8 = backend, use_int8
-        self.calibrate = None if calibrate is None else (lambda config: int8.folder_tiles(calibrate))
+        self.calibrate = None if calibrate is None else (
+            lambda config: int8.folder_tiles(calibrate, config["input_nc"]))
         self.locks = {label: threading.Lock() for label in choices}
         self.loaded = OrderedDict()  # (label, eval mode) -> (G, config), the most recently used last
         self.loading = {key: threading.Lock() for key in ((label, m) for label in choices for m in (False, True))}

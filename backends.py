@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from generator import inference, load_generator, weights_path
+from generator import channels, inference, load_generator, weights_path
 from utils import InputError, amp_dtype, ordinary_mode, replace_durably
 
 BACKENDS = ("auto", "torch", "onnxruntime")
@@ -53,6 +53,7 @@ class TorchNet:
 
     def __init__(self, G: nn.Module, channels_last: bool = True):
         self.G = G
+        self.in_channels, self.out_channels = channels(G)
         weight = next(G.parameters())
         self.device, self.dtype = weight.device, weight.dtype
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -78,6 +79,9 @@ class OrtNet:
         self.path = Path(path)
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.input = self.session.get_inputs()[0].name
+        # the export's channel axes are static: (N, C, H, W) with only N, H and W dynamic
+        self.in_channels = self.session.get_inputs()[0].shape[1]
+        self.out_channels = self.session.get_outputs()[0].shape[1]
 
     def inference(self, paper: bool, seed: int):
         if paper:
@@ -91,12 +95,6 @@ class OrtNet:
 def as_net(G):
     """G as a net: a TorchNet or OrtNet as it is, a generator module wrapped in a TorchNet."""
     return G if isinstance(G, (TorchNet, OrtNet)) else TorchNet(G)
-
-
-def channels(G: nn.Module) -> tuple[int, int]:
-    """(input, output) channels of a generator: its first and last convolutions'."""
-    convs = [m for m in G.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
-    return convs[0].in_channels, convs[-1].out_channels
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -2,10 +2,11 @@
 
     python train.py --data-cache disk      # ROOT/.cache/train/pairs-<size>-<key>.u8, built on first use
 
-`CachedPairs` holds (N, 6, S, S) uint8 pairs that jitter as tensor slices. In memory they are one
-tensor (on the GPU when training there). On disk they are one file, built by streaming (decode, write,
-forget), validated by its key and footer on every open, rebuilt when corrupt, and mapped read-only so
-that every process of a node shares one copy through the page cache.
+`CachedPairs` holds (N, 6, S, S) uint8 pairs (fewer planes for grey halves, --input-nc 1) that jitter
+as tensor slices. In memory they are one tensor (on the GPU when training there). On disk they are
+one file, built by streaming (decode, write, forget), validated by its key and footer on every open,
+rebuilt when corrupt, and mapped read-only so that every process of a node shares one copy through
+the page cache.
 """
 import hashlib
 import json
@@ -30,12 +31,13 @@ from utils import all_agree, available_ram, local_world_size, replace_durably
 CACHE_SHARE = 0.5
 
 
-def choose(mode: str, n_pairs: int, size, device) -> tuple[str, str]:
-    """--data-cache auto: memory when the decoded set fits comfortably (CACHE_SHARE), else the mapped
-    file. Every process takes the same path. Returns (memory | disk | off, the reason)."""
+def choose(mode: str, n_pairs: int, size, device, planes: int = 6) -> tuple[str, str]:
+    """--data-cache auto: memory when the decoded set (pairs of `planes` channels) fits comfortably
+    (CACHE_SHARE), else the mapped file. Every process takes the same path. Returns (memory | disk |
+    off, the reason)."""
     if mode != "auto":
         return mode, "--data-cache " + mode
-    need = n_pairs * 6 * hw(size)[0] * hw(size)[1]
+    need = n_pairs * planes * hw(size)[0] * hw(size)[1]
     ram = available_ram() // local_world_size()
     fits = need <= CACHE_SHARE * ram
     why = f"{need / 1e9:.2f} GB decoded; {ram / 1e9:.1f} GB RAM available per process"
@@ -55,10 +57,11 @@ CACHE_MAGIC = b"SAT2MAP\x01"  # last 8 bytes of a complete mapped cache (format 
 DECODE_CHUNK = 256  # pairs decoded before they are written out: bounds the build's memory (~125 MB at 286 px)
 
 
-def cache_key(pairs, size: int) -> str:
-    """SHA-256 of the decode size and every file's name, size and mtime. Names are hashed as the bytes
-    the file system holds (os.fsencode), so names that are not valid UTF-8 work too."""
-    h = hashlib.sha256(f"v1|{label(size)}".encode())
+def cache_key(pairs, size: int, channels=(3, 3)) -> str:
+    """SHA-256 of the decode size, the halves' channels (unless RGB, so older caches stay valid) and every
+    file's name, size and mtime. Names are hashed as the bytes the file system holds (os.fsencode), so
+    names that are not valid UTF-8 work too."""
+    h = hashlib.sha256(f"v1|{label(size)}{'' if channels == (3, 3) else f'|{channels}'}".encode())
     for p in pairs:
         for f in (p.a, p.b):
             if f is not None:
@@ -67,7 +70,7 @@ def cache_key(pairs, size: int) -> str:
     return h.hexdigest()
 
 
-def decode_stream(pairs, size: int, write, desc="decode") -> list[tuple[int, str]]:
+def decode_stream(pairs, size: int, write, desc="decode", channels=(3, 3)) -> list[tuple[int, str]]:
     """Decode pairs in order, DECODE_CHUNK at a time on a thread pool (PIL releases the GIL), and hand
     each good one to write(tensor) before the next chunk starts: never all pairs in memory at once.
     Returns (index, why) for the pairs that could not be decoded."""
@@ -75,7 +78,7 @@ def decode_stream(pairs, size: int, write, desc="decode") -> list[tuple[int, str
 
     def work(i):
         try:
-            return dataset.decode_pair(pairs[i], size)  # via the module, so a test can stand in for it
+            return dataset.decode_pair(pairs[i], size, channels)  # via the module, so a test can stand in for it
         except DataError as e:
             problems.append((i, str(e).split(": ", 1)[1]))
             return None
@@ -89,9 +92,9 @@ def decode_stream(pairs, size: int, write, desc="decode") -> list[tuple[int, str
     return sorted(problems)
 
 
-def read_footer(path: Path, key: str, n: int, size: int) -> tuple[dict | None, str]:
+def read_footer(path: Path, key: str, n: int, size: int, planes: int = 6) -> tuple[dict | None, str]:
     """The footer of a mapped cache if the file is complete and belongs to these pairs, else (None, why).
-    Layout: pixels (kept pairs x 6 x size x size uint8) | footer JSON | its length (8 bytes) | magic."""
+    Layout: pixels (kept pairs x planes x size x size uint8) | footer JSON | its length (8 bytes) | magic."""
     try:
         total = path.stat().st_size
         with open(path, "rb") as f:
@@ -113,7 +116,7 @@ def read_footer(path: Path, key: str, n: int, size: int) -> tuple[dict | None, s
     skipped = meta.get("skipped")
     if not isinstance(skipped, list) or not all(isinstance(s, list) and len(s) == 2 for s in skipped):
         return None, "malformed footer"
-    expected = (n - len(skipped)) * 6 * hw(size)[0] * hw(size)[1] + length + 16
+    expected = (n - len(skipped)) * planes * hw(size)[0] * hw(size)[1] + length + 16
     if total != expected:
         return None, f"{total} bytes, expected {expected}"
     return meta, ""
@@ -142,10 +145,10 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def build_mapped(pairs, size: int, key: str, path: Path, desc: str):
+def build_mapped(pairs, size: int, key: str, path: Path, desc: str, channels=(3, 3)):
     """Stream the decoded pairs into a temp file next to path, add the footer, fsync and rename into
     place: a crash mid-build leaves only a temp file, never a cache that looks complete."""
-    need = len(pairs) * 6 * hw(size)[0] * hw(size)[1]
+    need = len(pairs) * sum(channels) * hw(size)[0] * hw(size)[1]
     free = shutil.disk_usage(path.parent).free
     if need > free:
         raise DataError(f"{path.parent}: the decoded cache needs {need / 1e9:.1f} GB, {free / 1e9:.1f} GB is free "
@@ -153,7 +156,7 @@ def build_mapped(pairs, size: int, key: str, path: Path, desc: str):
     tmp = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as f:
-            skipped = decode_stream(pairs, size, lambda x: f.write(x.numpy().tobytes()), desc)
+            skipped = decode_stream(pairs, size, lambda x: f.write(x.numpy().tobytes()), desc, channels)
             footer = json.dumps({"key": key, "size": label(size), "pairs": len(pairs), "version": 1,
                                  "skipped": [[i, why] for i, why in skipped]}).encode()
             f.write(footer + len(footer).to_bytes(8, "little") + CACHE_MAGIC)
@@ -164,47 +167,49 @@ def build_mapped(pairs, size: int, key: str, path: Path, desc: str):
 
 
 class CachedPairs:
-    """The fast path: every pair decoded once to uint8 (N, 6, S, S). Without cache_dir the pixels are
+    """The fast path: every pair decoded once to uint8 (N, CA + CB, S, S), the halves' channels (see
+    dataset.pair_channels). Without cache_dir the pixels are
     one tensor in memory (moved to the GPU by train.py). With cache_dir they are a file there, mapped
     read-only into memory: built once by streaming, validated by its key on every open, shared by all
     processes of a node through the page cache, and never held in process memory as a whole."""
 
-    def __init__(self, pairs, size, cache_dir=None, skip_bad=False, desc="decode", crop=None):
+    def __init__(self, pairs, size, cache_dir=None, skip_bad=False, desc="decode", crop=None, channels=(3, 3)):
         where = pairs[0].a.parent if pairs else "data"
         self.size, self.crop = size, crop or size  # decode size and jitter window, as in PILPairs
         self.mapped = cache_dir is not None
+        planes = sum(channels)
         if not self.mapped:
-            pixels, n = torch.empty((len(pairs), 6, *hw(size)), dtype=torch.uint8), 0
+            pixels, n = torch.empty((len(pairs), planes, *hw(size)), dtype=torch.uint8), 0
 
             def put(x):
                 nonlocal n
                 pixels[n] = x
                 n += 1
 
-            problems = decode_stream(pairs, size, put, desc)
+            problems = decode_stream(pairs, size, put, desc, channels)
             self.pairs = drop_bad(pairs, [(pairs[i].a, why) for i, why in problems], skip_bad, where)
             self.pixels, self.path = pixels[:n], None  # bad pairs (with --skip-bad) leave unused rows at the end
             return
-        key = cache_key(pairs, size)
+        key = cache_key(pairs, size, channels)
         cache_dir = Path(cache_dir)
         path = cache_dir / f"pairs-{label(size)}-{key[:16]}.u8"
-        meta, why = read_footer(path, key, len(pairs), size) if path.exists() else (None, "")
+        meta, why = read_footer(path, key, len(pairs), size, planes) if path.exists() else (None, "")
         if meta is None:
             if why:
                 print(f"warning: {path}: {why}; rebuilding it", file=sys.stderr)
             cache_dir.mkdir(parents=True, exist_ok=True)
             remove_stale(cache_dir, size, path)
-            build_mapped(pairs, size, key, path, desc)
-            meta, why = read_footer(path, key, len(pairs), size)
+            build_mapped(pairs, size, key, path, desc, channels)
+            meta, why = read_footer(path, key, len(pairs), size, planes)
             if meta is None:
                 raise DataError(f"{path}: the cache just written does not read back ({why})")
         skipped = {i: why for i, why in meta["skipped"]}
         self.pairs = drop_bad(pairs, [(pairs[i].a, why) for i, why in skipped.items()], skip_bad, where)
-        self.pixels = torch.empty((0, 6, *hw(size)), dtype=torch.uint8)
+        self.pixels = torch.empty((0, planes, *hw(size)), dtype=torch.uint8)
         if self.pairs:
             # mode "c": a private copy-on-write mapping, so torch gets a writable array without a copy;
             # nothing writes to it, so every page stays shared with the page cache
-            array = np.memmap(path, dtype=np.uint8, mode="c", shape=(len(self.pairs), 6, *hw(size)))
+            array = np.memmap(path, dtype=np.uint8, mode="c", shape=(len(self.pairs), planes, *hw(size)))
             self.pixels = torch.from_numpy(array)
         self.path = path
 
@@ -216,7 +221,7 @@ class CachedPairs:
         return self
 
     def batch(self, rows: torch.Tensor, crop) -> torch.Tensor:
-        """uint8 (B, 6, crop, crop) (or crop (h, w)) for plan rows (index, y, x, flip), on the pixels' device."""
+        """uint8 (B, CA + CB, crop, crop) (or crop (h, w)) for plan rows (index, y, x, flip), on the pixels' device."""
         return torch.stack([crop_flip(self.pixels[i], y, x, bool(f), crop) for i, y, x, f in rows.tolist()])
 
 

@@ -54,16 +54,17 @@ def tiff_profile(width, height, crs=None, transform=None, count=3) -> dict:
     return profile
 
 
-def create_tiff(path: Path, width, height, crs, transform, alpha: bool):
-    """Open a new working GTiff for GeoTiffSink (RGB, plus alpha when `alpha`)."""
+def create_tiff(path: Path, width, height, crs, transform, alpha: bool, channels: int = 3):
+    """Open a new working GTiff for GeoTiffSink (RGB, or grey for 1 channel, plus alpha when `alpha`)."""
     import rasterio
     from rasterio.enums import ColorInterp
     from rasterio.errors import NotGeoreferencedWarning
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)  # overviews, and outputs of plain pictures
-        dst = rasterio.open(path, "w", **tiff_profile(width, height, crs, transform, 4 if alpha else 3))
+        dst = rasterio.open(path, "w", **tiff_profile(width, height, crs, transform, channels + alpha))
     if alpha:
-        dst.colorinterp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha]
+        colours = [ColorInterp.red, ColorInterp.green, ColorInterp.blue] if channels == 3 else [ColorInterp.gray]
+        dst.colorinterp = [*colours, ColorInterp.alpha]
     return dst
 
 
@@ -91,23 +92,23 @@ def overviews_fit(width, height, block: int | None) -> bool:
 
 
 def halve(pixels: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The next overview level of (3, h, w) uint8 pixels (zero where invalid) and their (h, w)
+    """The next overview level of (C, h, w) uint8 pixels (zero where invalid) and their (h, w)
     validity: each 2x2 cell's rounded mean over its valid pixels, valid where any is (an odd last
     row or column makes cells of its own)."""
     h, w = valid.shape
     count = np.zeros((h + h % 2, w + w % 2), np.uint16)
     count[:h, :w] = valid
-    total = np.zeros((3, *count.shape), np.uint16)
+    total = np.zeros((len(pixels), *count.shape), np.uint16)
     total[:, :h, :w] = pixels
     count = count.reshape(count.shape[0] // 2, 2, -1, 2).sum((1, 3), dtype=np.uint16)
-    total = total.reshape(3, count.shape[0], 2, -1, 2).sum((2, 4), dtype=np.uint16)
+    total = total.reshape(len(pixels), count.shape[0], 2, -1, 2).sum((2, 4), dtype=np.uint16)
     mean = (2 * total + count) // np.maximum(2 * count, 1)  # round half up, as GDAL's average does
     return mean.astype(np.uint8), count > 0
 
 
 class GeoTiffSink:
-    """Writes uint8 RGB windows and their validity into an open GTiff: as its internal mask, or as a
-    4th (alpha) band for PNG output; with `below`, a sink for the next overview level, each written
+    """Writes uint8 RGB (or grey) windows and their validity into an open GTiff: as its internal mask, or
+    as a last (alpha) band for PNG output; with `below`, a sink for the next overview level, each written
     band is also halved into it. Rows are held until they fill a row of the file's blocks, because
     GDAL compresses a block each time a write leaves it half done and appends it again when the rest
     comes (the work twice over, and a file twice the size). Call finish() after the last write."""
@@ -117,11 +118,11 @@ class GeoTiffSink:
         self.held, self.y, self.x, self.end = [], 0, 0, 0  # (pixels, valid) rows from file row y to end at column x
 
     def write(self, y, x, rgb, valid):
-        """The engine's sink: (3, h, w) in [-1, 1] and (h, w) bool at row y, column x of the image."""
+        """The engine's sink: (C, h, w) in [-1, 1] and (h, w) bool at row y, column x of the image."""
         self.write_uint8(y - self.top, x, to_uint8(rgb), valid.numpy())
 
     def write_uint8(self, y, x, pixels: np.ndarray, valid: np.ndarray):
-        """(3, h, w) uint8 and (h, w) bool at row y, column x of the file."""
+        """(C, h, w) uint8 and (h, w) bool at row y, column x of the file."""
         if self.held and (x != self.x or y != self.end or pixels.shape[2] != self.held[0][0].shape[2]):
             self.flush()
         if not self.held:
@@ -144,9 +145,9 @@ class GeoTiffSink:
         win = Window(self.x, self.y, pixels.shape[2], n)
         pixels *= valid  # invalid pixels are black
         mask = valid.view(np.uint8) * 255
-        self.dst.write(pixels, indexes=[1, 2, 3], window=win)
+        self.dst.write(pixels, indexes=list(range(1, len(pixels) + 1)), window=win)
         if self.alpha:
-            self.dst.write(mask, 4, window=win)
+            self.dst.write(mask, len(pixels) + 1, window=win)
         else:
             self.dst.write_mask(mask, window=win)
         if self.below is not None:  # y and x are even: bands end on BLOCK rows, blocks on overviews_fit
@@ -161,16 +162,17 @@ class GeoTiffSink:
 
 
 def open_sink(stack: contextlib.ExitStack, path: Path, width, height, crs, transform, alpha=False, top=0,
-              overviews=False) -> GeoTiffSink:
-    """A GeoTiffSink on a new working GTiff at `path` (and, with `overviews`, one GTiff per overview
-    level, overview_path), whose files `stack` closes."""
+              overviews=False, channels=3) -> GeoTiffSink:
+    """A GeoTiffSink on a new working GTiff at `path` of `channels` bands (and, with `overviews`, one
+    GTiff per overview level, overview_path), whose files `stack` closes."""
     below = None
     if overviews:
         for f in reversed(overview_factors(width, height)):
             dst = stack.enter_context(create_tiff(overview_path(path, f), math.ceil(width / f),
-                                                  math.ceil(height / f), None, None, False))
+                                                  math.ceil(height / f), None, None, False, channels))
             below = GeoTiffSink(dst, below=below)
-    return GeoTiffSink(stack.enter_context(create_tiff(path, width, height, crs, transform, alpha)), alpha, top, below)
+    dst = stack.enter_context(create_tiff(path, width, height, crs, transform, alpha, channels))
+    return GeoTiffSink(dst, alpha, top, below)
 
 
 def with_overviews(work: Path, vrt: Path) -> Path:

@@ -3,7 +3,9 @@
     python train.py --help
 
 Each field is a `--kebab-case` flag of train.py; unknown flags are errors. The resolved config is
-printed at start and saved as RUN_DIR/config.json.
+printed at start and saved as RUN_DIR/config.json. `Parser` is every command's command line: it also
+takes each flag spelt with underscores (--load_size is --load-size), and official.py adds the official
+pix2pix spellings.
 """
 import argparse
 import dataclasses
@@ -17,6 +19,7 @@ from pathlib import Path
 from discriminator import NETD
 from generator import INIT_TYPES, NETG, size_multiple
 from losses import GAN_MODES, LR_POLICIES
+from utils import InputError
 
 # --preprocess choices of the official code (data/base_dataset.py semantics; see dataset.preprocess_size)
 PREPROCESS = ("resize_and_crop", "crop", "scale_width", "scale_width_and_crop", "none")
@@ -50,6 +53,12 @@ class Config:
     crop_size: int = opt(256, "... then take a random crop of this size (and a random flip)")
     max_dataset_size: int = opt(0, "train on the first N training pairs of the sorted list (0: all)")
     flip: bool = opt(True, "random horizontal flip (--no-flip turns it off)")
+    shuffle: bool = opt(True, "a seeded shuffle of the pairs every epoch (--no-shuffle: sorted order; the "
+                        "jitter stays random)")
+    input_nc: int = opt(3, "channels of the input (A with --direction AtoB): 3 for RGB, 1 for grey "
+                        "(panchromatic, SAR, DEM)", choices=[1, 3])
+    output_nc: int = opt(3, "channels of the output (B with --direction AtoB): 3 for RGB, 1 for grey",
+                         choices=[1, 3])
     data_cache: str = opt("auto", "memory: decode and resize every pair once and jitter uint8 tensors "
                           "on the training device; disk: the same pixels in a file under DATA_ROOT/.cache, "
                           "memory-mapped and shared by a node's processes (for sets larger than memory); "
@@ -80,14 +89,13 @@ class Config:
     lr: float = opt(2e-4, "Adam learning rate")
     beta1: float = opt(0.5, "Adam beta1")
     beta2: float = opt(0.999, "Adam beta2")
-    lambda_l1: float = opt(100.0, "weight of the L1 term in the generator loss", aliases=["--lambda-L1"])
+    lambda_l1: float = opt(100.0, "weight of the L1 term in the generator loss")
     gan_mode: str = opt("vanilla", "vanilla: BCE with logits; lsgan: least squares; wgangp: Wasserstein "
                         "loss with the gradient penalty", choices=list(GAN_MODES))
     lambda_gp: float = opt(10.0, "weight of the WGAN-GP gradient penalty with --gan-mode wgangp (0: the "
                            "official pix2pix model's plain WGAN loss, no penalty)")
-    epochs: int = opt(100, "epochs at the initial learning rate", aliases=["--n-epochs"])
-    epochs_decay: int = opt(100, "further epochs with the learning rate decaying linearly to 0",
-                            aliases=["--n-epochs-decay"])
+    epochs: int = opt(100, "epochs at the initial learning rate")
+    epochs_decay: int = opt(100, "further epochs with the learning rate decaying linearly to 0")
     lr_policy: str = opt("linear", "linear: the paper's schedule above; step: x0.1 every --lr-decay-iters "
                          "epochs; plateau: x0.2 after 5 epochs without a 1%% better mean L1 loss; cosine: "
                          "cosine annealing to 0 over --epochs epochs", choices=list(LR_POLICIES))
@@ -105,9 +113,13 @@ class Config:
                        choices=["off", "default", "reduce-overhead", "max-autotune"])
     # bookkeeping
     name: str = opt("", "run name; default the data root's folder name (data/facades -> facades)")
-    run_dir: str = opt("", "run folder for checkpoints, samples and logs (default weights/<name>)")
-    resume: str = opt("auto", "auto: continue from RUN_DIR/last.pt if it exists; never; or a path")
+    checkpoints_dir: str = opt("weights", "folder that holds the run folders (RUN_DIR is CHECKPOINTS_DIR/NAME)")
+    run_dir: str = opt("", "run folder for checkpoints, samples and logs (default CHECKPOINTS_DIR/NAME)")
+    resume: str = opt("auto", "auto: continue from RUN_DIR/last.pt if it exists; last: from RUN_DIR/last.pt, "
+                      "which must exist; never; or a path")
     save_every: int = opt(1000, "save RUN_DIR/last.pt every N steps (and at the end, and on SIGINT)")
+    save_epoch_every: int = opt(0, "also keep the generator of every N-th epoch's end as RUN_DIR/G_epoch<E>.pt "
+                                "(0: none)")
     sample_every: int = opt(1000, "save a grid of validation samples every N steps")
     log_every: int = opt(100, "append losses to RUN_DIR/metrics.jsonl every N steps")
     num_samples: int = opt(8, "validation pairs in the sample grid")
@@ -126,7 +138,7 @@ class Config:
 
     def __post_init__(self):
         self.name = self.name or Path(self.data_root).resolve().name or "run"
-        self.run_dir = self.run_dir or f"weights/{self.name}"
+        self.run_dir = self.run_dir or str(Path(self.checkpoints_dir) / self.name)
         checks = {
             "--load-size": self.load_size >= self.crop_size or self.preprocess not in ("resize_and_crop", "scale_width_and_crop"),
             "--crop-size": self.crop_size >= size_multiple(self.netG) and self.crop_size % size_multiple(self.netG) == 0,
@@ -140,6 +152,7 @@ class Config:
             "--epochs": self.epochs >= 0 and self.epochs_decay >= 0 and self.epochs + self.epochs_decay > 0,
             "--max-steps": self.max_steps >= 0,
             "--save-every": min(self.save_every, self.sample_every, self.log_every) >= 1,
+            "--save-epoch-every": self.save_epoch_every >= 0,
             "--dropout": 0.0 <= self.dropout < 1.0,
             "--ngf": self.ngf >= 1 and self.ndf >= 1,
             "--lr": math.isfinite(self.lr) and self.lr > 0,
@@ -164,6 +177,7 @@ class Config:
             "--epochs": "--epochs and --epochs-decay >= 0, not both 0",
             "--max-steps": "0 (no limit) or a positive step count",
             "--save-every": "--save-every, --sample-every and --log-every all >= 1",
+            "--save-epoch-every": "0 (none) or a positive number of epochs",
             "--dropout": "a probability in [0, 1)",
             "--ngf": "--ngf and --ndf >= 1",
             "--lr": "a positive learning rate",
@@ -187,7 +201,7 @@ class Config:
 
 
 # Settings that fix the shape of the networks: a checkpoint only continues under the same values.
-ARCH_FIELDS = ("netG", "netD", "n_layers_D", "ngf", "ndf", "norm", "dropout")
+ARCH_FIELDS = ("netG", "netD", "n_layers_D", "ngf", "ndf", "norm", "dropout", "input_nc", "output_nc")
 
 
 def saved_arch(saved: dict, key: str):
@@ -209,30 +223,65 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 class Parser(argparse.ArgumentParser):
     """argparse that reports a bad command line in one line instead of a usage dump, suggests the
-    flag a misspelled one was meant to be, and still takes flags renamed since (with a notice)."""
+    flag a misspelled one was meant to be, takes every flag spelt with underscores too (--load_size is
+    --load-size), takes other spellings of a flag silently (`alias`, unlisted in --help) and flags
+    renamed since (with a notice), and runs `hooks` over the parsed namespace (official.py's)."""
 
     def __init__(self, *args, **kw):
         super().__init__(*args, **kw)
-        self.renamed, self.argv = {}, []
+        self.renamed, self.aliases, self.hooks, self.argv = {}, {}, [], []
 
     def rename(self, old: str, new: str):
         """Accept the old flag name for a while, as `new`, with a one-line notice on stderr."""
         self.renamed[old] = new
 
+    def alias(self, other: str, flag: str):
+        """Take `other` (or its underscore spelling) as `flag`, silently: another name for the same
+        thing, such as the official code's, which --help does not list a second time."""
+        self.aliases[other] = flag
+
+    def spelled(self, name: str, known: set) -> str:
+        """The flag a command-line name stands for: itself, its hyphenated form, an alias of either,
+        or a renamed flag (with a notice)."""
+        hyphenated = "--" + name[2:].replace("_", "-")
+        for candidate in (name, hyphenated):
+            if candidate in known:
+                return candidate
+            if candidate in self.aliases:
+                return self.aliases[candidate]
+        if name in self.renamed:
+            print(f"notice: {name} is now {self.renamed[name]}; please use the new name", file=sys.stderr)
+            return self.renamed[name]
+        return name
+
     def parse_known_args(self, args=None, namespace=None):
         args = list(sys.argv[1:] if args is None else map(str, args))
+        known = {s for action in self._actions for s in action.option_strings}
         for i, arg in enumerate(args):
             if arg == "--":
                 break
             name, eq, value = arg.partition("=")
-            if name in self.renamed:
-                print(f"notice: {name} is now {self.renamed[name]}; please use the new name", file=sys.stderr)
-                args[i] = self.renamed[name] + eq + value
+            if name.startswith("--"):
+                args[i] = self.spelled(name, known) + eq + value
         self.argv = args
         return super().parse_known_args(args, namespace)
 
+    def parse_args(self, args=None, namespace=None):
+        """argparse's parse_args, with the hooks run before unknown flags are reported (a hook may
+        require a flag, which argparse reports first)."""
+        namespace, extras = self.parse_known_args(args, namespace)
+        for hook in self.hooks:
+            try:
+                hook(namespace)
+            except InputError as e:
+                self.error(str(e))
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return namespace
+
     def error(self, message):
-        known = [s for action in self._actions for s in action.option_strings if s.startswith("--")]
+        known = [s for action in self._actions if action.help != argparse.SUPPRESS
+                 for s in action.option_strings if s.startswith("--")]
         unknown = [a.partition("=")[0] for a in self.argv if a.startswith("--") and a.partition("=")[0] not in known]
         hints = [f"did you mean {near[0]}?" for a in unknown if (near := difflib.get_close_matches(a, known, 1, 0.75))]
         self.exit(2, f"{self.prog}: error: {message}{'; ' if hints else ''}{' '.join(hints)} (see --help)\n")
@@ -262,9 +311,8 @@ def build_parser(cls=Config, description=None) -> Parser:
                                 help=f.metadata["help"])
         else:
             kind = {"int": int, "float": float, "str": str}.get(f.type, f.type)
-            # aliases: the official pix2pix code's names where ours differ
-            parser.add_argument(flag, *f.metadata.get("aliases", ()), dest=f.name, type=kind, default=f.default,
-                                help=f.metadata["help"], choices=f.metadata.get("choices"))
+            parser.add_argument(flag, dest=f.name, type=kind, default=f.default, help=f.metadata["help"],
+                                choices=f.metadata.get("choices"))
         if "off_flag" in f.metadata:  # the official code's boolean form: sets the field to 0
             parser.add_argument(f.metadata["off_flag"], dest=f.name, action="store_const", const=type(f.default)(0),
                                 default=argparse.SUPPRESS, help=f"the official boolean form of {flag} 0")
@@ -272,8 +320,10 @@ def build_parser(cls=Config, description=None) -> Parser:
 
 
 def parse_config(argv=None) -> Config:
-    """Parse flags into a Config; unknown flags and bad values exit with a one-line error."""
-    parser = build_parser(description="Train pix2pix (satellite -> map).")
+    """Parse flags (ours, or the official pix2pix spellings) into a Config; unknown flags and bad
+    values exit with a one-line error."""
+    import official  # it builds on this module
+    parser = official.register(build_parser(description="Train pix2pix (satellite -> map)."), "train")
     args = parser.parse_args(argv)  # argparse already rejects unknown flags, naming them
     try:
         return Config(**vars(args))

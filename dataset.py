@@ -6,9 +6,10 @@
 
 Two layouts: `ROOT/<split>/*.jpg` holding A|B side by side (A left), or `ROOT/<split>/A` and
 `ROOT/<split>/B` with matching file stems. Both halves go through one decode function: convert to
-RGB, resize each half to a square (bicubic, as in the official code), keep as uint8. Jitter (random
-crop and flip, same for both halves) is applied to those uint8 tensors, so the cached path and the
-PIL path produce the same pixels for the same jitter parameters. cache.py keeps the decoded pairs in
+RGB (or grey, for --input-nc / --output-nc 1), resize each half to a square (bicubic, as in the
+official code), keep as uint8. Jitter (random crop and flip, same for both halves) is applied to those
+uint8 tensors, so the cached path and the PIL path produce the same pixels for the same jitter
+parameters. cache.py keeps the decoded pairs in
 memory or in a memory-mapped file under ROOT/.cache, for sets larger than memory.
 """
 import os
@@ -155,9 +156,13 @@ def open_split(root, split, skip_bad=False, full=False) -> list[Pair]:
 # Decoding and jitter
 
 
-def load_rgb(path: Path, max_pixels: int | None = MAX_PIXELS) -> Image.Image:
-    """Decode any supported mode to RGB, upright as its EXIF orientation says; 16-bit greyscale is
-    scaled to 8 bits, not clipped. Anything unreadable raises DataError naming the file."""
+MODES_OF = {1: "L", 3: "RGB"}  # what an image of 1 or 3 channels is decoded to (--input-nc, --output-nc)
+
+
+def load_image(path: Path, channels: int = 3, max_pixels: int | None = MAX_PIXELS) -> Image.Image:
+    """Decode any supported mode to RGB (3 channels) or grey (1: PIL's luminance, as the official code's
+    grayscale), upright as its EXIF orientation says; 16-bit greyscale is scaled to 8 bits, not
+    clipped. Anything unreadable raises DataError naming the file."""
     try:
         with Image.open(path) as img:
             if max_pixels and img.width * img.height > max_pixels:
@@ -169,7 +174,7 @@ def load_rgb(path: Path, max_pixels: int | None = MAX_PIXELS) -> Image.Image:
                 arr = np.asarray(img).astype(np.float64)
                 img = Image.fromarray((arr * (255 / 65535 if arr.max() > 255 else 1)).round().clip(0, 255)
                                       .astype(np.uint8))
-            return img.convert("RGB")
+            return img.convert(MODES_OF[channels])
     except UnidentifiedImageError:
         raise DataError(f"{path}: not an image PIL can read") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
@@ -178,22 +183,38 @@ def load_rgb(path: Path, max_pixels: int | None = MAX_PIXELS) -> Image.Image:
         raise DataError(f"{path}: cannot decode ({first_line(e, 120)})") from None
 
 
+def load_rgb(path: Path, max_pixels: int | None = MAX_PIXELS) -> Image.Image:
+    """load_image as RGB."""
+    return load_image(path, 3, max_pixels)
+
+
+def pixels_of(img: Image.Image) -> torch.Tensor:
+    """A decoded RGB or grey image as uint8 (C, H, W)."""
+    return torch.from_numpy(np.atleast_3d(np.asarray(img, dtype=np.uint8)).copy()).permute(2, 0, 1)
+
+
+def pair_channels(direction: str, input_nc: int = 3, output_nc: int = 3) -> tuple[int, int]:
+    """Channels of the A and the B half: the input's and the output's, the other way round for BtoA."""
+    return (input_nc, output_nc) if direction == "AtoB" else (output_nc, input_nc)
+
+
 def hw(size) -> tuple[int, int]:
     """(height, width) of a size given as one side (a square) or as (height, width)."""
     return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
 
-def decode_pair(pair: Pair, size) -> torch.Tensor:
-    """One pair as uint8 (6, H, W): A then B, each resized (bicubic) to size, a side (square) or
-    (H, W); a half already of that size is kept as it is."""
-    img = load_rgb(pair.a)
+def decode_pair(pair: Pair, size, channels=(3, 3)) -> torch.Tensor:
+    """One pair as uint8 (CA + CB, H, W): A then B, each decoded to its channels (see pair_channels) and
+    resized (bicubic) to size, a side (square) or (H, W); a half already of that size is kept as it is."""
     if pair.b is None:
+        img = load_image(pair.a, max(channels))
         w, h = img.size
         halves = [img.crop((0, 0, w // 2, h)), img.crop((w // 2, 0, w // 2 * 2, h))]
     else:
-        halves = [img, load_rgb(pair.b)]
+        halves = [load_image(pair.a, channels[0]), load_image(pair.b, channels[1])]
+    halves = [x if x.mode == MODES_OF[c] else x.convert(MODES_OF[c]) for x, c in zip(halves, channels)]
     height, width = hw(size)
-    arrays = [np.asarray(x.resize((width, height), Image.BICUBIC)) for x in halves]
+    arrays = [np.atleast_3d(np.asarray(x.resize((width, height), Image.BICUBIC))) for x in halves]
     return torch.from_numpy(np.concatenate(arrays, axis=2)).permute(2, 0, 1).contiguous()
 
 
@@ -205,13 +226,14 @@ def crop_flip(pixels: torch.Tensor, y: int, x: int, flip: bool, crop) -> torch.T
     return out.flip(-1) if flip else out
 
 
-def jitter_plan(n: int, seed: int, epoch: int, load, crop, flip: bool) -> torch.Tensor:
+def jitter_plan(n: int, seed: int, epoch: int, load, crop, flip: bool, shuffle: bool = True) -> torch.Tensor:
     """Data order and jitter of one epoch as rows (index, y, x, flip): a pure function of
     (seed, epoch), so a resumed run needs only the step count to continue the same stream. load and
     crop are sides or (h, w); load None (pairs of differing sizes) draws offsets from [0, 2^30), which
-    PILPairs reduces to each pair's own range."""
+    PILPairs reduces to each pair's own range. shuffle False keeps the sorted order (the jitter drawn
+    is the same)."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    order = torch.randperm(n, generator=g)
+    order = torch.randperm(n, generator=g) if shuffle else torch.randperm(n, generator=g).sort().values
     if load is None:
         offsets = torch.randint(0, 2 ** 30, (n, 2), generator=g)
     else:
@@ -276,8 +298,8 @@ class PILPairs(torch.utils.data.Dataset):
     size None: each pair's own decode size and window from sizer(pair); the plan's offsets are then
     reduced to the pair's range."""
 
-    def __init__(self, pairs, size, crop=None, sizer=None):
-        self.pairs, self.size, self.crop, self.sizer = pairs, size, crop or size, sizer
+    def __init__(self, pairs, size, crop=None, sizer=None, channels=(3, 3)):
+        self.pairs, self.size, self.crop, self.sizer, self.channels = pairs, size, crop or size, sizer, channels
 
     def __len__(self):
         return len(self.pairs)
@@ -286,12 +308,12 @@ class PILPairs(torch.utils.data.Dataset):
         i = key if isinstance(key, int) else int(key[0])
         size, crop = (self.size, self.crop) if self.size is not None else self.sizer(self.pairs[i])
         if isinstance(key, int):
-            return decode_pair(self.pairs[i], size)
+            return decode_pair(self.pairs[i], size, self.channels)
         _, y, x, flip = (int(v) for v in key)
         if self.size is None:
             (lh, lw), (ch, cw) = hw(size), hw(crop)
             y, x = y % (lh - ch + 1), x % (lw - cw + 1)
-        return crop_flip(decode_pair(self.pairs[i], size), y, x, bool(flip), crop)
+        return crop_flip(decode_pair(self.pairs[i], size, self.channels), y, x, bool(flip), crop)
 
 
 # ----------------------------------------------------------------------------------------------------

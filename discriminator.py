@@ -41,7 +41,7 @@ class Discriminator(nn.Module):
         )
         self.head = nn.Conv2d(widths[-1], 1, 4, 1, 1)  # (N, 1, 30, 30) logits
 
-    def forward(self, a, b):  # condition (N, 3, H, W), image (N, 3, H, W)
+    def forward(self, a, b):  # condition (N, input_nc, H, W), image (N, output_nc, H, W)
         return self.head(self.blocks(torch.cat([a, b], 1)))
 
 
@@ -57,7 +57,7 @@ class PixelDiscriminator(nn.Module):
         self.act2 = nn.LeakyReLU(0.2, True)
         self.head = nn.Conv2d(ndf * 2, 1, 1, bias=conv_bias(norm))  # the official code's bias choice
 
-    def forward(self, a, b):  # condition (N, 3, H, W), image (N, 3, H, W) -> logits (N, 1, H, W)
+    def forward(self, a, b):  # condition (N, input_nc, H, W), image (N, output_nc, H, W) -> (N, 1, H, W)
         h = self.act1(self.conv1(torch.cat([a, b], 1)))
         return self.head(self.act2(self.norm(self.conv2(h))))
 

@@ -8,7 +8,8 @@
 Writes OUT/grid_input.png, grid_output.png, grid_target.png (3x8), grid_triplets.png (input | output |
 target per row), metrics.json, per_image.csv (pixel metrics and structure IoUs per image), and prints
 a table. Metrics are defined in docs/evaluation.md; `evaluate_pairs` computes them, here and in train.py's
-validation.
+validation. A generator of grey images (--output-nc 1) gets the pixel metrics; the structure classes
+are colours of RGB maps. The official test.py's options work too (official.py).
 """
 import csv
 import io
@@ -26,9 +27,10 @@ import backends
 import dataset
 import fid
 import int8
+import official
 from config import WEIGHTS_HELP, add_device, command_parser
-from generator import tta
-from utils import InputError, atomic_write_text, pick_device, run_command, save_grid
+from generator import channels, tta
+from utils import InputError, as_rgb, atomic_write_text, pick_device, run_command, save_grid
 
 # Google-map palette of the maps set, calibrated on ../shared/maps_sample (see docs/evaluation.md): several
 # prototypes per class; a pixel takes the class of its nearest prototype, and is background when no
@@ -70,7 +72,7 @@ def gaussian_ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def pixel_metrics(fake: torch.Tensor, real: torch.Tensor) -> dict:
-    """Per-image metrics for (N, 3, H, W) in [-1, 1]; each value a tensor (N,)."""
+    """Per-image metrics for (N, C, H, W) in [-1, 1], RGB or grey; each value a tensor (N,)."""
     fake, real = fake.float().clamp(-1, 1), real.float().clamp(-1, 1)
     f255, r255 = (fake + 1) * 127.5, (real + 1) * 127.5
     err = (f255 - r255).abs()
@@ -120,7 +122,9 @@ def ious(inter, union) -> dict:
 
 def evaluate_pairs(G, pairs, direction="AtoB", device="cpu", paper=True, seed=0, keep=(), inception=None,
                    desc=None, use_tta=False):
-    """Translate every pair at 256x256 (one image per call, as the paper tests) and measure it.
+    """Translate every pair at 256x256 (one image per call, as the paper tests) and measure it. The
+    halves are decoded with the channels G takes and gives (generator.channels); the structure IoUs are
+    measured for RGB outputs only.
 
     paper=True is the paper's test-time mode with dropout seeded by seed + index (generator.inference:
     G's running statistics and the caller's RNG streams are left as they were). inception (from
@@ -131,33 +135,39 @@ def evaluate_pairs(G, pairs, direction="AtoB", device="cpu", paper=True, seed=0,
     {index: (real_A, fake_B, real_B)} on the CPU for the indices in keep. Undecodable pairs are skipped.
     G: a generator module or a net of backends.py."""
     device, G = torch.device(device), backends.as_net(G)
-    rows, kept, iou, feats = [], {}, StructureIoU(), ([], [])
+    halves = dataset.pair_channels(direction, *channels(G))
+    rows, kept, feats = [], {}, ([], [])
+    iou = StructureIoU() if channels(G)[1] == 3 else None
     for i, pair in enumerate(tqdm(pairs, desc=desc, unit="img", disable=desc is None)):
         try:
-            x = dataset.decode_pair(pair, 256)[None].to(device).float() / 127.5 - 1
+            x = dataset.decode_pair(pair, 256, halves)[None].to(device).float() / 127.5 - 1
         except dataset.DataError as e:
             print(f"skipped: {e}")
             continue
-        real_A, real_B = (x[:, :3], x[:, 3:]) if direction == "AtoB" else (x[:, 3:], x[:, :3])
+        a, b = x[:, :halves[0]], x[:, halves[0]:]
+        real_A, real_B = (a, b) if direction == "AtoB" else (b, a)
         with G.inference(paper, seed + i):
             fake_B = tta(G, real_A, separate=paper) if use_tta else G(real_A).float()
         m = pixel_metrics(fake_B, real_B)
-        rows.append({"name": pair.name, **{k: v.item() for k, v in m.items()}, **iou.update(fake_B, real_B)})
+        rows.append({"name": pair.name, **{k: v.item() for k, v in m.items()},
+                     **(iou.update(fake_B, real_B) if iou is not None else {})})
         if inception is not None:
-            feats[0].append(fid.features(inception, fake_B))
-            feats[1].append(fid.features(inception, real_B))
+            feats[0].append(fid.features(inception, as_rgb(fake_B)))
+            feats[1].append(fid.features(inception, as_rgb(real_B)))
         if i in keep:
             kept[i] = (real_A.cpu(), fake_B.cpu(), real_B.cpu())
     if not rows:
         raise InputError(f"{len(pairs)} pair(s), none could be evaluated")
     metrics = {k: sum(r[k] for r in rows) / len(rows) for k in m}
-    metrics.update(iou.result())  # over the split, not a mean of the images' IoUs
+    if iou is not None:
+        metrics.update(iou.result())  # over the split, not a mean of the images' IoUs
     if inception is not None:
         metrics.update(fid.scores(np.concatenate(feats[0]), np.concatenate(feats[1])))
     return metrics, rows, kept
 
 
-def main(argv=None):
+def parser():
+    """evaluate.py's flags, and the official test.py's spellings (official.py)."""
     p = command_parser("Evaluate a pix2pix generator on a split: grids, pixel metrics, structure IoU.")
     p.add_argument("--weights", required=True, help=WEIGHTS_HELP)
     p.add_argument("--input", help="a folder of A|B pair images (or A/ and B/) to evaluate, instead of "
@@ -165,6 +175,7 @@ def main(argv=None):
     p.add_argument("--data-root", help="dataset folder (default: data/maps)")
     p.add_argument("--split", help="split folder to evaluate (default: val)")
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--max-pairs", type=int, default=0, help="evaluate the first N pairs by sorted name (0: all)")
     p.add_argument("--samples", type=int, default=24, help="images in the grids (3 rows of 8 for 24)")
     p.add_argument("--random-samples", action="store_true", help="pick the grid images at random with --seed "
                    "(default: the first by sorted name)")
@@ -177,9 +188,16 @@ def main(argv=None):
                    "(default: the torch hub cache, where pytorch-fid keeps it)")
     backends.add_flags(p, "--eval", "default: the input halves of the pairs")
     add_device(p)
+    return official.register(p, "evaluate")
+
+
+def main(argv=None):
+    p = parser()
     args = p.parse_args(argv)
     if args.samples < 1:
         p.error(f"--samples {args.samples}: expected at least 1")
+    if args.max_pairs < 0:
+        p.error(f"--max-pairs {args.max_pairs}: expected 0 (all) or a positive count")
     try:
         backends.check_flags(args.backend, args.eval, "off", args.int8, args.calibrate)
     except InputError as e:
@@ -190,9 +208,10 @@ def main(argv=None):
         raise InputError(f"--out {out}: is a file, expected a folder")
     device = pick_device(args.device)
     inception = fid.load_inception(args.inception_weights, device) if args.fid else None
-    pairs = dataset.open_split(root, split, skip_bad=True)
+    pairs = dataset.open_split(root, split, skip_bad=True)[:args.max_pairs or None]
     G, config, choice = backends.load(args.weights, device, args.backend, args.eval, "off", args.int8,
                                       lambda config: calibration_tiles(args, pairs, config), batch=1)
+    official.check_generator(config, args.expect, args.weights)
     direction = args.direction or config["direction"]
     if args.random_samples:
         chosen = set(torch.randperm(len(pairs), generator=torch.Generator().manual_seed(args.seed))[:args.samples].tolist())
@@ -208,7 +227,7 @@ def main(argv=None):
     if kept:  # every pair chosen for the grids may have been undecodable
         for key, images in grid.items():
             save_grid([torch.cat(images)], out / f"grid_{key}.png", nrow=8)
-        triplets = torch.stack([torch.cat(grid[k]) for k in ("input", "output", "target")], 1).flatten(0, 1)
+        triplets = torch.stack([as_rgb(torch.cat(grid[k])) for k in ("input", "output", "target")], 1).flatten(0, 1)
         save_grid([triplets], out / "grid_triplets.png", nrow=3)
     else:
         print("warning: none of the pairs chosen for the grids could be decoded; no grids written", file=sys.stderr)
@@ -231,15 +250,16 @@ def calibration_tiles(args, pairs, config: dict) -> torch.Tensor:
     """--int8's calibration tiles: of --calibrate FOLDER (whole images), else the input halves of
     pairs spread over the split (the pairs that cannot be decoded are passed over)."""
     if args.calibrate:
-        return int8.folder_tiles(args.calibrate)
+        return int8.folder_tiles(args.calibrate, config["input_nc"])
     direction = args.direction or config["direction"]
+    halves = dataset.pair_channels(direction, config["input_nc"], config["output_nc"])
     found = []
     for i in int8.spread(len(pairs))[:int8.CALIBRATION_TILES]:
         try:
-            x = dataset.decode_pair(pairs[i], 256).float() / 127.5 - 1
+            x = dataset.decode_pair(pairs[i], 256, halves).float() / 127.5 - 1
         except dataset.DataError:
             continue
-        found.append(x[:3] if direction == "AtoB" else x[3:])
+        found.append(x[:halves[0]] if direction == "AtoB" else x[halves[0]:])
     if not found:
         raise InputError(f"{len(pairs)} pair(s), none could be decoded to calibrate --int8 on")
     return torch.stack(found)

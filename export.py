@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from config import WEIGHTS_HELP, add_device, command_parser
-from generator import load_generator
+from generator import channels, load_generator
 from utils import InputError, pick_device, replace_durably, run_command
 
 MISSING = ("onnx and onnxruntime are needed for the export: pip install -r requirements.txt "
@@ -34,7 +34,7 @@ def export(G, path, opset=18):
     G = G.eval()
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    x = torch.zeros(1, 3, 256, 256, device=next(G.parameters()).device)  # tracing runs G where it is
+    x = torch.zeros(1, channels(G)[0], 256, 256, device=next(G.parameters()).device)  # tracing runs G where it is
     try:
         torch.onnx.export(G, (x,), str(tmp), input_names=["satellite"], output_names=["map"],
                           opset_version=opset, dynamic_shapes=({0: "batch", 2: "height", 3: "width"},),
@@ -44,14 +44,14 @@ def export(G, path, opset=18):
         tmp.unlink(missing_ok=True)
 
 
-def max_difference(G, path, shape=(2, 3, 256, 512), seed=0) -> float:
-    """Largest |onnxruntime - PyTorch| over one random input of the given shape, both on the CPU in
-    float32."""
+def max_difference(G, path, shape=None, seed=0) -> float:
+    """Largest |onnxruntime - PyTorch| over one random input of the given shape (default 2 x G's input
+    channels x 256 x 512), both on the CPU in float32."""
     try:
         import onnxruntime as ort
     except ImportError:
         raise InputError(MISSING) from None
-    x = torch.rand(shape, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+    x = torch.rand(shape or (2, channels(G)[0], 256, 512), generator=torch.Generator().manual_seed(seed)) * 2 - 1
     with torch.no_grad():
         ref = G.cpu().eval()(x).numpy()
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -100,7 +100,7 @@ def main(argv=None):
     diff = max_difference(G, out, seed=args.seed)
     if diff > 1e-4:
         raise InputError(f"{out}: onnxruntime differs from PyTorch by {diff:.2e} (limit 1e-4)")
-    print(f"wrote {out}; onnxruntime matches PyTorch within {diff:.1e} on a 2x3x256x512 input")
+    print(f"wrote {out}; onnxruntime matches PyTorch within {diff:.1e} on a 2x{channels(G)[0]}x256x512 input")
 
 
 if __name__ == "__main__":

@@ -84,6 +84,7 @@ class Generator(nn.Module):
 
     def __init__(self, in_channels=3, out_channels=3, ngf=64, norm="batch", dropout=0.5, num_downs=NUM_DOWNS):
         super().__init__()
+        self.in_channels, self.out_channels = in_channels, out_channels
         w = [ngf, ngf * 2, ngf * 4] + [ngf * 8] * (num_downs - 3)  # encoder widths, 64-128-256-512-...-512
         self.down1 = Down(in_channels, w[0], norm, act=False, use_norm=False)
         self.downs = nn.ModuleList(Down(w[i - 1], w[i], norm) for i in range(1, num_downs - 1))
@@ -148,6 +149,7 @@ class ResnetGenerator(nn.Module):
 
     def __init__(self, in_channels=3, out_channels=3, ngf=64, norm="batch", dropout=0.5, n_blocks=9):
         super().__init__()
+        self.in_channels, self.out_channels = in_channels, out_channels
         self.stem = nn.Sequential(nn.ReflectionPad2d(3), nn.Conv2d(in_channels, ngf, 7, bias=conv_bias(norm)),
                                   norm_layer(norm, ngf), nn.ReLU(True))
         self.down1 = ConvNormReLU(ngf, ngf * 2, norm)
@@ -170,6 +172,12 @@ def define_G(netG="unet_256", ngf=64, norm="batch", dropout=0.5, in_channels=3, 
     if netG in RESNET_BLOCKS:
         return ResnetGenerator(in_channels, out_channels, ngf, norm, dropout, RESNET_BLOCKS[netG])
     raise ValueError(f"--netG must be one of {', '.join(NETG)}, got {netG!r}")
+
+
+def channels(G) -> tuple[int, int]:
+    """(input, output) channels of a generator, or of anything that records them as its in_channels
+    and out_channels; 3 and 3 where nothing says otherwise."""
+    return getattr(G, "in_channels", 3), getattr(G, "out_channels", 3)
 
 
 def init_weights(net: nn.Module, init_type: str = "normal", gain: float = 0.02) -> nn.Module:
@@ -313,14 +321,14 @@ def recognise(state: dict) -> dict:
         n = len({k.split(".")[1] for k in keys if ".conv_block." in k})
         netG = {v: k for k, v in RESNET_BLOCKS.items()}.get(n)
         first, last, inner = "model.1.weight", f"model.{17 + n}.weight", "model.4"
+    elif "stem.1.weight" in keys:  # before the U-Net: our ResNet has a down1.conv too
+        n = len({k.split(".")[1] for k in keys if k.startswith("blocks.")})
+        netG = {v: k for k, v in RESNET_BLOCKS.items()}.get(n)
+        first, last, inner = "stem.1.weight", "head.1.weight", "down1.conv"
     elif "down1.conv.weight" in keys:
         depth = len({k.split(".")[1] for k in keys if k.startswith("downs.")}) + 2
         netG = {v: k for k, v in UNET_DOWNS.items()}.get(depth)
         first, last, inner = "down1.conv.weight", "up8.1.weight", "downs.0.conv"
-    elif "stem.1.weight" in keys:
-        n = len({k.split(".")[1] for k in keys if k.startswith("blocks.")})
-        netG = {v: k for k, v in RESNET_BLOCKS.items()}.get(n)
-        first, last, inner = "stem.1.weight", "head.1.weight", "down1.conv"
     else:
         return {}
     if netG is None or last not in keys:
@@ -394,7 +402,7 @@ def build_generator(state: dict, source: str, config: dict | None = None) -> tup
     """A generator holding `state` (ours, a training checkpoint's, or the official layout), of the
     architecture its saved config names (a checkpoint from before --netG: unet_256) or, for a file
     without one, that its keys show; `config` gives defaults for what neither says. Returns
-    (G, config with at least 'direction' and the G_FIELDS)."""
+    (G, config with at least 'direction', the G_FIELDS, 'input_nc' and 'output_nc')."""
     saved = state.get("config") if "G" in state else None
     saved = saved if isinstance(saved, dict) else {}
     weights = state.get("G", state)
@@ -415,6 +423,7 @@ def build_generator(state: dict, source: str, config: dict | None = None) -> tup
         raise InputError(f"{source}: its config does not describe a generator ({e})") from None
     load_generator_state(G, weights, source)
     config.setdefault("direction", "AtoB")
+    config["input_nc"], config["output_nc"] = channels(G)  # the weights' shapes say it, whatever the config
     return G, config
 
 
@@ -455,8 +464,9 @@ def load_generator(weights, device="cpu") -> tuple[nn.Module, dict]:
     recognised from the keys), or the name of an official pretrained generator (downloaded once into
     weights/). Returns (G, config dict).
 
-    G is in train mode (as load_state_dict leaves it), float32, on `device`. It takes (N, 3, H, W) in
-    [-1, 1] with H and W multiples of 256 (128 for unet_128, 4 for the ResNets). Run it under
+    G is in train mode (as load_state_dict leaves it), float32, on `device`. It takes (N, C, H, W) in
+    [-1, 1] (C = config["input_nc"], 3 unless trained on grey inputs) with H and W multiples of 256 (128
+    for unet_128, 4 for the ResNets). Run it under
     `inference(G, paper=True, seed=0)` for the paper's test-time mode, or `G.eval()` /
     `inference(G, paper=False)` for the eval mode."""
     path = weights_path(weights)

@@ -56,7 +56,8 @@ def file_tiles(source, engine, count: int) -> list[torch.Tensor]:
     return found
 
 
-def calibration_tiles(files: list[Path], opts: raster.Options, count: int = CALIBRATION_TILES) -> torch.Tensor:
+def calibration_tiles(files: list[Path], opts: raster.Options, count: int = CALIBRATION_TILES,
+                      in_channels: int = 3) -> torch.Tensor:
     """Up to `count` tiles (n, C, t, t) in [-1, 1] of the files as predict.py reads them, spread over
     the files (at most count of them, up to count / files tiles each, rounded up) and over each file.
     A file that cannot be read is passed over (predict reports it)."""
@@ -66,7 +67,7 @@ def calibration_tiles(files: list[Path], opts: raster.Options, count: int = CALI
     found = []
     for f in chosen:
         try:
-            with raster.open_source(f, opts) as source:
+            with raster.open_source(f, opts, in_channels) as source:
                 found += file_tiles(source, opts.engine, min(per_file, count - len(found)))
         except (InputError, RasterioError):
             continue
@@ -78,10 +79,10 @@ def calibration_tiles(files: list[Path], opts: raster.Options, count: int = CALI
     return torch.stack(found)
 
 
-def folder_tiles(folder) -> torch.Tensor:
+def folder_tiles(folder, in_channels: int = 3) -> torch.Tensor:
     """Calibration tiles of the images in a folder (--calibrate FOLDER), read whole with the default
-    raster options."""
-    return calibration_tiles(raster.input_files(Path(folder)), raster.Options(Engine()))
+    raster options, for a generator of in_channels."""
+    return calibration_tiles(raster.input_files(Path(folder)), raster.Options(Engine()), in_channels=in_channels)
 
 
 class TileReader:

@@ -8,7 +8,8 @@
 
 PNG/JPEG go through PIL, anything else GDAL reads (GeoTIFF, VRT, JP2, ...) through rasterio, window by
 window; both run the tile engine of tiles.py (overlapping tiles blended with a smooth window). A
-georeferenced input gives OUT/<stem>.tif on its own grid, masked where it has no data. Under torchrun
+georeferenced input gives OUT/<stem>.tif on its own grid, masked where it has no data; a generator of
+grey images (--input-nc / --output-nc 1 in training) takes one band and writes one. Under torchrun
 the processes share the files out by pixel count and cut a raster larger than a fair share into bands
 of tile rows, one per process; rank 0 joins the bands. The output is the one-process output
 (docs/inference-at-scale.md). Ctrl-C stops at the next tile and leaves no half-written file.
@@ -24,10 +25,11 @@ import backends
 import bounds
 import dataset
 import int8
+import official
 import raster
 import tiles
 from config import WEIGHTS_HELP, add_device, command_parser
-from generator import load_generator
+from generator import channels, load_generator
 from utils import Cancelled, InputError, gather_objects, init_distributed, made_folder, pick_device, run_command
 
 SHOW_PIXELS = 1 << 21  # the progress bar appears from this many input pixels on (32 tiles of 256 px)
@@ -50,8 +52,9 @@ def parser():
                    "(deterministic, tiles batched); default is the paper's test-time mode, seeded, one tile per batch")
     p.add_argument("--seed", type=int, default=0, help="seed of the paper mode's dropout")
     p.add_argument("--tta", action="store_true", help="average each tile over its 8 flips/rotations (8x slower)")
-    p.add_argument("--bands", help="rasters: the 1-based bands fed as R,G,B, e.g. 3,2,1 (one band: grey); "
-                   "default: the bands marked red, green, blue, else 1,2,3")
+    p.add_argument("--bands", help="rasters: the 1-based bands fed as R,G,B, e.g. 3,2,1 (one band: grey; the "
+                   "one band of a grey generator); default: the bands marked red, green, blue, else 1,2,3 (a "
+                   "grey generator: the only data band)")
     p.add_argument("--stretch", help="rasters: LOW,HIGH percentiles mapped to 0 and 255 per band, for data that "
                    "is not uint8 (default 2,98; given, it applies to uint8 too)")
     p.add_argument("--range", dest="value_range", help="rasters: MIN,MAX values mapped to 0 and 255 "
@@ -79,7 +82,7 @@ def parser():
                    "decompression bombs, as they are decoded whole; none for rasters, read window by window)")
     backends.add_flags(p)
     add_device(p)
-    return p
+    return official.register(p, "predict")
 
 
 def main(argv=None):
@@ -113,7 +116,7 @@ def load_net(args, device, opts: raster.Options, files: list[Path], rank: int, w
 
     def tiles_of(config: dict):
         opts.direction = args.direction or config["direction"]  # --pairs reads the direction's half
-        return int8.calibration_tiles(calibration, opts)
+        return int8.calibration_tiles(calibration, opts, in_channels=config["input_nc"])
 
     if rank > 0:
         dist.barrier()
@@ -140,6 +143,7 @@ def run(args, opts: raster.Options, files: list[Path]) -> int:
     rank, world = init_distributed(args.device)
     try:
         G, config, choice = load_net(args, pick_device(args.device), opts, files, rank, world)
+        official.check_generator(config, args.expect, args.weights)
         opts.direction = args.direction or config["direction"]
         with made_folder(out_dir), bounds.ctrl_c_stops() as stop:  # the folder goes again if every input is skipped
             failed = translate_files(G, files, out_dir, opts, rank, world, stop)
@@ -212,7 +216,7 @@ def translate_files(G, files: list[Path], out_dir: Path, opts: raster.Options, r
                 raster.discard_parts(files[i], out_dir, n)
                 continue
             try:
-                raster.assemble(files[i], out_dir, opts, n)
+                raster.assemble(files[i], out_dir, opts, n, channels(G)[0])
             except InputError as e:
                 failures[i] = str(e)
         for i in sorted(failures):

@@ -22,6 +22,7 @@ import torch
 
 import backends
 from backends import Choice
+from generator import channels
 from tiles import run_tiles
 from utils import amp_dtype, atomic_write_text
 
@@ -137,7 +138,7 @@ def probe_key(hw: Hardware, G, config: dict, tile: int, batch: int) -> str:
     return json.dumps({"cpu": hw.cpu, "capability": hw.capability, "flags": list(hw.flags), "bf16": hw.bf16,
                        "torch": torch.__version__, "onnxruntime": ort_version, "threads": torch.get_num_threads(),
                        "model": {**{k: config.get(k) for k in ("netG", "ngf", "norm")},
-                                 "channels": list(backends.channels(G))},
+                                 "channels": list(channels(G))},
                        "tile": tile, "batch": batch}, sort_keys=True)
 
 
@@ -194,7 +195,7 @@ def auto_choice(G, weights, config: dict, amp: str, int8: bool, calibrate, tile:
             return int8_net
         return backends.open_net(path, copy.deepcopy(G) if path.backend == "torch" else G, weights, config, log=log)
 
-    x = torch.rand(min(batch, PROBE_TILES), backends.channels(G)[0], tile, tile,
+    x = torch.rand(min(batch, PROBE_TILES), channels(G)[0], tile, tile,
                    generator=torch.Generator().manual_seed(0)) * 2 - 1
     seconds = measured(probe_key(hw, G, config, tile, batch), paths, make_net, x, timer, log)
     best = min(paths, key=lambda p: seconds[p.label])

@@ -7,6 +7,7 @@ through rasterio, or a decoded PNG/JPEG), run through the tile engine, and writt
 GeoTIFF on the input's grid, or a PNG). A raster is never held whole: the engine reads and writes it
 window by window, so memory depends on the tile and the block, not on the raster. Under torchrun a
 large raster is translated band by band into part files, one per process, which `assemble` joins.
+The band count in and out is the generator's (generator.channels): three, or one for grey.
 """
 import contextlib
 import glob
@@ -23,6 +24,7 @@ from tqdm import tqdm
 
 import dataset
 import cog
+from generator import channels
 from tiles import ArraySink, Engine, TensorSource
 from utils import InputError, first_line
 
@@ -90,11 +92,14 @@ def parse_list(text: str, flag: str, kind=float, count: int | None = None) -> li
     return values
 
 
-def pick_bands(ds, requested: list[int] | None, path) -> list[int]:
-    """The three 1-based bands fed to the model: `requested` (one band is repeated as grey), else the
-    red, green and blue bands by colour interpretation, else the first three bands that are not
-    alpha (a single band is repeated as grey)."""
+def pick_bands(ds, requested: list[int] | None, path, count: int = 3) -> list[int]:
+    """The `count` 1-based bands fed to the model. Three: `requested` (one band is repeated as grey),
+    else the red, green and blue bands by colour interpretation, else the first three bands that are
+    not alpha (a single band is repeated as grey). One (a grey generator): `requested`, else the only
+    band that is not alpha."""
     from rasterio.enums import ColorInterp
+    if count == 1:
+        return pick_grey_band(ds, requested, path)
     if requested is not None:
         if not requested:
             raise InputError(f"{path}: --bands leaves no band to translate (expected 3 bands, or 1 for grey)")
@@ -115,6 +120,20 @@ def pick_bands(ds, requested: list[int] | None, path) -> list[int]:
     if len(data) == 2:
         raise InputError(f"{path}: 2 data bands; pass --bands B (grey) or three bands such as --bands 1,2,2")
     return data[:3] if len(data) >= 3 else data * 3
+
+
+def pick_grey_band(ds, requested: list[int] | None, path) -> list[int]:
+    """The one band a grey generator reads: `requested`, else the raster's only data band."""
+    from rasterio.enums import ColorInterp
+    if requested is None:
+        requested = [i + 1 for i, c in enumerate(ds.colorinterp) if c != ColorInterp.alpha]
+        if len(requested) != 1:
+            raise InputError(f"{path}: {len(requested)} data bands, and the generator takes one (grey): "
+                             f"pass --bands B")
+    if len(requested) != 1 or not 1 <= requested[0] <= ds.count:
+        raise InputError(f"{path}: --bands {','.join(map(str, requested))}: the generator takes one band (grey) "
+                         f"of this raster's 1..{ds.count}: pass --bands B")
+    return requested
 
 
 def valid_mask(ds, bands: list[int], window, data: np.ndarray | None = None) -> np.ndarray:
@@ -199,14 +218,15 @@ def collect(ds, bands: list[int], windows, limit: int | None = None) -> list[np.
 
 
 class RasterSource:
-    """Three bands of a rasterio dataset, scaled to [-1, 1]: uint8 as it is, anything else through
-    (value - lo) / (hi - lo) per band, clipped; plus the validity mask."""
+    """The chosen bands of a rasterio dataset (three, or one for a grey generator), scaled to [-1, 1]:
+    uint8 as it is, anything else through (value - lo) / (hi - lo) per band, clipped; plus the validity
+    mask."""
 
     def __init__(self, ds, bands: list[int], lo=None, hi=None):
         self.ds, self.bands = ds, bands
         self.height, self.width = ds.height, ds.width
-        self.lo = None if lo is None else torch.tensor(lo, dtype=torch.float32).view(3, 1, 1)
-        self.hi = None if hi is None else torch.tensor(hi, dtype=torch.float32).view(3, 1, 1)
+        self.lo = None if lo is None else torch.tensor(lo, dtype=torch.float32).view(-1, 1, 1)
+        self.hi = None if hi is None else torch.tensor(hi, dtype=torch.float32).view(-1, 1, 1)
 
     def read_raw(self, y0, y1, x0, x1):
         """The bands' values in a window, as stored, and where they are valid."""
@@ -216,7 +236,7 @@ class RasterSource:
         return data, torch.from_numpy(valid_mask(self.ds, self.bands, win, data))
 
     def scale(self, data: np.ndarray) -> torch.Tensor:
-        """Stored values -> float (3, h, w) in [-1, 1]."""
+        """Stored values -> float (C, h, w) in [-1, 1]."""
         if self.lo is None:
             return torch.from_numpy(data).float().div_(127.5).sub_(1)
         x = data.astype(np.float32)
@@ -242,10 +262,12 @@ def resample_back(work: Path, ds, bands: list[int], target: Path, alpha: bool, o
     with rasterio.open(work) as src, WarpedVRT(src, crs=ds.crs, transform=ds.transform, width=ds.width,
                                                height=ds.height, resampling=Resampling.bilinear) as vrt, \
             contextlib.ExitStack() as files:
-        sink = cog.open_sink(files, target, ds.width, ds.height, ds.crs, ds.transform, alpha, overviews=overviews)
+        count = src.count - alpha  # the generator's channels
+        sink = cog.open_sink(files, target, ds.width, ds.height, ds.crs, ds.transform, alpha, overviews=overviews,
+                             channels=count)
         for y in range(0, ds.height, rows):
             win = Window(0, y, ds.width, min(rows, ds.height - y))
-            rgb = vrt.read([1, 2, 3], window=win)
+            rgb = vrt.read(list(range(1, count + 1)), window=win)
             valid = valid_mask(ds, bands, win) & (vrt.read_masks(1, window=win) > 0)
             sink.write_uint8(y, 0, rgb, valid)
         sink.finish()
@@ -351,43 +373,47 @@ def predict_file(G, path: Path, out_dir: Path, opts: Options, progress=True, par
                 raise read_failure(path, e) from None
 
 
-def picture_source(path: Path, opts: Options) -> TensorSource:
-    """A PNG/JPEG decoded whole as uint8 (PIL): its input half with --pairs, resized by --scale."""
+def picture_source(path: Path, opts: Options, in_channels: int = 3) -> TensorSource:
+    """A PNG/JPEG decoded whole as uint8 (PIL; grey for a grey generator): its input half with --pairs,
+    resized by --scale."""
     from PIL import Image
-    img = input_half(dataset.load_rgb(path, opts.max_pixels or dataset.MAX_PIXELS), opts.pairs, opts.direction, path)
+    img = input_half(dataset.load_image(path, in_channels, opts.max_pixels or dataset.MAX_PIXELS), opts.pairs,
+                     opts.direction, path)
     if opts.scale != 1.0:
         img = img.resize((max(1, round(img.width * opts.scale)), max(1, round(img.height * opts.scale))),
                          Image.BICUBIC)
-    return TensorSource(torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1))
+    return TensorSource(dataset.pixels_of(img))
 
 
 @contextlib.contextmanager
-def open_source(path: Path, opts: Options):
-    """The source the engine reads for one input file, as predict_file builds it; nothing is written
-    (int8 calibration takes its tiles from it)."""
+def open_source(path: Path, opts: Options, in_channels: int = 3):
+    """The source the engine reads for one input file, as predict_file builds it for a generator of
+    in_channels; nothing is written (int8 calibration takes its tiles from it)."""
     if is_picture(path):
-        yield picture_source(path, opts)
+        yield picture_source(path, opts, in_channels)
         return
     with rasterio_env():
         ds = open_raster(path)
         # plan_raster names an output file: in a folder that is never made
-        with ds, working_source(ds, plan_raster(ds, path, path.parent / ".sat2map-plan", opts)) as source:
+        with ds, working_source(ds, plan_raster(ds, path, path.parent / ".sat2map-plan", opts, in_channels)) as source:
             yield source
 
 
 def predict_picture(G, path: Path, out_dir: Path, opts: Options, progress=False, stats=None, cancel=None) -> Path:
-    """A PNG/JPEG decoded whole as uint8 (PIL), translated by the same engine, saved as PNG (or TIFF)."""
+    """A PNG/JPEG decoded whole as uint8 (PIL; grey for a grey generator), translated by the same engine,
+    saved as PNG (or TIFF)."""
     from PIL import Image
     from utils import save_image
-    source = picture_source(path, opts)
+    c_in, c_out = channels(G)
+    source = picture_source(path, opts, c_in)
     fmt = opts.fmt or "png"
     out = out_dir / f"{path.stem}.{'tif' if fmt == 'tif' else 'png'}"
     if out.resolve() == path.resolve():
         raise InputError(f"{path}: the output would overwrite the input; choose another --out")
     if fmt == "png":
-        sink = ArraySink(source.height, source.width)
+        sink = ArraySink(source.height, source.width, c_out)
         opts.engine.run(G, source, sink, progress, stats=stats, cancel=cancel)
-        save_image(Image.fromarray(sink.out), out)
+        save_image(Image.fromarray(sink.out if c_out == 3 else sink.out[..., 0]), out)
         return out
     with rasterio_env():
         return write_via_tiff(G, source, out, "tif", opts.engine, None, None, progress=progress, stats=stats,
@@ -402,7 +428,8 @@ def translate_to_tiff(G, source, work: Path, engine: Engine, crs, transform, alp
     if rows is not None and transform is not None:
         transform = transform @ transform.translation(0, top)
     with contextlib.ExitStack() as files:
-        sink = cog.open_sink(files, work, source.width, bottom - top, crs, transform, alpha, top, overviews)
+        sink = cog.open_sink(files, work, source.width, bottom - top, crs, transform, alpha, top, overviews,
+                             channels(G)[1])
         valid = engine.run(G, source, sink, progress, rows, stats, cancel)
         sink.finish()
     return valid
@@ -460,13 +487,13 @@ class RasterPlan:
     resampled: bool
 
 
-def plan_raster(ds, path: Path, out_dir: Path, opts: Options) -> RasterPlan:
-    """Decide bands, value scaling, output and working grid; every process of a shared raster
-    decides the same (the stretch sample is seeded)."""
-    bands = pick_bands(ds, opts.bands, path)
+def plan_raster(ds, path: Path, out_dir: Path, opts: Options, in_channels: int = 3) -> RasterPlan:
+    """Decide bands (`in_channels` of them), value scaling, output and working grid; every process of a
+    shared raster decides the same (the stretch sample is seeded)."""
+    bands = pick_bands(ds, opts.bands, path, in_channels)
     lo = hi = None
     if opts.value_range is not None:
-        lo, hi = np.array([opts.value_range[0]] * 3), np.array([opts.value_range[1]] * 3)
+        lo, hi = np.array([opts.value_range[0]] * len(bands)), np.array([opts.value_range[1]] * len(bands))
     elif opts.stretch_given or any(ds.dtypes[b - 1] != "uint8" for b in bands):
         lo, hi, _ = stretch_limits(ds, bands, *opts.stretch, path)
     georef = is_georeferenced(ds)
@@ -506,7 +533,7 @@ def predict_raster(G, ds, path: Path, out_dir: Path, opts: Options, progress, pa
                    cancel=None) -> Path:
     """A GDAL raster: pick and scale bands, resample to the working resolution if asked, translate
     window by window, and write on the input's grid (or, for a part, its band of the working grid)."""
-    plan = plan_raster(ds, path, out_dir, opts)
+    plan = plan_raster(ds, path, out_dir, opts, channels(G)[0])
     back = (ds, plan.bands) if plan.resampled else None
     with working_source(ds, plan) as source:
         if part is None:
@@ -542,16 +569,17 @@ def parts_of(path: Path, opts: Options, n: int) -> int:
     return len(opts.engine.bands(height, width, n))
 
 
-def assemble(path: Path, out_dir: Path, opts: Options, n: int, rows: int = 512) -> Path:
+def assemble(path: Path, out_dir: Path, opts: Options, n: int, in_channels: int = 3, rows: int = 512) -> Path:
     """Join the n part files of a shared raster, band after band, window by window, into the working
     GTiff, then finish it as a one-process run does (resample back, COG or PNG); removes the parts.
-    The result equals the one-process output: each band was translated exactly as in a whole run."""
+    The result equals the one-process output: each band was translated exactly as in a whole run.
+    in_channels: the generator's (which bands of the input were read)."""
     import rasterio
     from rasterio.windows import Window
     with rasterio_env():
         ds = open_raster(path)
         with ds:
-            plan = plan_raster(ds, path, out_dir, opts)
+            plan = plan_raster(ds, path, out_dir, opts, in_channels)
             parts = [part_path(plan.out, k, n) for k in range(n)]
             work = plan.out.with_name(f".{plan.out.stem}.work.tif")
             grid = plan.out.with_name(f".{plan.out.stem}.grid.tif")
@@ -562,15 +590,17 @@ def assemble(path: Path, out_dir: Path, opts: Options, n: int, rows: int = 512) 
                                      f"be a folder all of them see (a shared file system)")
                 valid, top = 0, 0
                 overviews = plan.fmt == "tif" and not plan.resampled and cog.overviews_fit(plan.width, plan.height, None)
+                with rasterio.open(parts[0]) as first:
+                    count = first.count - plan.alpha  # the generator's output channels
                 with contextlib.ExitStack() as files:
                     sink = cog.open_sink(files, work, plan.width, plan.height, ds.crs, plan.transform, plan.alpha,
-                                         overviews=overviews)
+                                         overviews=overviews, channels=count)
                     for part in parts:
                         with rasterio.open(part) as src:
                             for y in range(0, src.height, rows):
                                 win = Window(0, y, src.width, min(rows, src.height - y))
-                                mask = src.read(4, window=win) if plan.alpha else src.read_masks(1, window=win)
-                                sink.write_uint8(top + y, 0, src.read([1, 2, 3], window=win), mask > 0)
+                                mask = src.read(count + 1, window=win) if plan.alpha else src.read_masks(1, window=win)
+                                sink.write_uint8(top + y, 0, src.read(list(range(1, count + 1)), window=win), mask > 0)
                                 valid += int(np.count_nonzero(mask))
                             top += src.height
                     sink.finish()

@@ -10,6 +10,7 @@
     last.pt            everything needed to continue bit for bit (see `checkpoint`)
     G.pt               the generator alone, for predict.py, evaluate.py, export.py and torch.hub
     G_best.pt          the generator at the best validation value of --best-metric
+    G_epoch<E>.pt      the generator at the end of epoch E, every --save-epoch-every epochs
 
 train.py owns the GAN step, the schedule and the loop; `RunDir` owns these files. Only the main
 process writes: on the others every writing method returns at once.
@@ -77,13 +78,32 @@ def check_same_data(ckpt: dict, pairs: int, cfg: Config, path):
 
 
 def find_resume(cfg: Config) -> Path | None:
-    """--resume auto: RUN_DIR/last.pt if present; never: fresh start; else the given path."""
+    """--resume auto: RUN_DIR/last.pt if present; last: RUN_DIR/last.pt, which must be there (the
+    official --continue_train); never: fresh start; else the given path."""
     if cfg.resume == "never":
         return None
-    if cfg.resume == "auto":
-        last = Path(cfg.run_dir) / "last.pt"
+    last = Path(cfg.run_dir) / "last.pt"
+    if cfg.resume == "last" and not last.exists():
+        raise InputError(f"--resume last (--continue_train): {last} not found; nothing to continue (check "
+                         f"--name and --checkpoints-dir, or leave the flag out to start this run)")
+    if cfg.resume in ("auto", "last"):
         return last if last.exists() else None
     return Path(cfg.resume)
+
+
+def find_generator(folder: Path, epoch: str) -> Path:
+    """The generator file of a run folder that the official --epoch names: latest (G.pt, else the official
+    latest_net_G.pth), best (G_best.pt), a number E (G_epoch<E>.pt, else the official <E>_net_G.pth), or
+    iter_<N> (the official iter_<N>_net_G.pth)."""
+    names = {"latest": ["G.pt"], "best": ["G_best.pt"]}.get(epoch, [f"G_epoch{epoch}.pt"] if epoch.isdigit() else [])
+    names.append(f"{epoch}_net_G.pth")
+    for name in names:
+        if (folder / name).is_file():
+            return folder / name
+    held = sorted(p.name for p in folder.glob("*") if p.name.startswith("G") and p.suffix == ".pt"
+                  or p.name.endswith("_net_G.pth")) if folder.is_dir() else []
+    raise InputError(f"--name {folder.name} --epoch {epoch}: no {' or '.join(names)} in {folder}"
+                     + (f" (it holds {', '.join(held)})" if held else " (no generator file there)"))
 
 
 def load_checkpoint(path, cfg: Config) -> dict:
@@ -199,6 +219,11 @@ class RunDir:
         ckpt = checkpoint(state, **fields)
         atomic_save(ckpt, self.last)
         atomic_save(generator_file(ckpt["G"], ckpt["config"]), self.generator)
+
+    def save_epoch(self, G_state: dict, config: dict, epoch: int):
+        """G_epoch<E>.pt: G.pt's format, kept (the official <E>_net_G.pth of --save_epoch_freq)."""
+        if self.is_main:
+            atomic_save(generator_file(G_state, config, epoch=epoch), self.path / f"G_epoch{epoch}.pt")
 
     def save_best(self, G_state: dict, config: dict, step: int, metric: str, value: float, metrics: dict):
         """G_best.pt: G.pt's format plus the step, the metric and its value, and all validation metrics."""

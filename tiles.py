@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from backends import as_net
-from generator import tta
+from generator import channels, tta
 from utils import Cancelled
 
 SHOW_TILES = 32  # a per-file tile progress bar appears from this many tiles on
@@ -98,7 +98,7 @@ def tile_seed(seed: int, y: int, x: int) -> int:
 
 
 def run_tiles(G, tiles: torch.Tensor, places: list, paper: bool, seed: int, batch: int, use_tta: bool):
-    """G (a net of backends.py, or a generator module) on tiles (N, 3, t, t) inside its `inference`
+    """G (a net of backends.py, or a generator module) on tiles (N, C, t, t) inside its `inference`
     context. Paper mode: every tile (and every TTA variant) is its own batch, so BatchNorm sees that
     tile's statistics, as a training crop did, and its dropout is seeded by its place. --eval: up to
     `batch` tiles per forward pass. use_tta averages the 8 flips/rotations."""
@@ -125,7 +125,7 @@ def stop_if(cancel):
 
 
 def fill_invalid(t: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Tile (3, h, w) with its invalid pixels set to the mean of its valid ones, so nodata values
+    """Tile (C, h, w) with its invalid pixels set to the mean of its valid ones, so nodata values
     (0, -9999, ...) reach neither the network nor, in the paper mode, its BatchNorm statistics."""
     mean = (t * valid).sum((1, 2), keepdim=True) / valid.sum()
     return torch.where(valid, t, mean)
@@ -138,7 +138,7 @@ class Row:
     valid shares, and the padded validity mask (host)."""
     block: int  # index of the column block
     r: int  # index of the tile row
-    tiles: torch.Tensor | None  # (N, 3, t, t); None when no tile of the row has a valid pixel
+    tiles: torch.Tensor | None  # (N, C, t, t); None when no tile of the row has a valid pixel
     places: list  # (y, x) of each tile
     shares: list  # share of valid pixels of each tile, a python float
     valid: torch.Tensor  # (t, block width) bool, host
@@ -241,7 +241,8 @@ class Engine:
                    disable=progress is not True or total < SHOW_TILES)
         report = progress if callable(progress) else None
         rows_in = self._read(source, ys, blocks, cols, first, stop, device, stats, cancel)
-        writer = Writer(self, sink, ys, blocks, cols, H, write_from, device, stats, bar, report, total)
+        writer = Writer(self, sink, ys, blocks, cols, H, write_from, device, stats, bar, report, total,
+                        channels(G)[1])
         with G.inference(self.paper, self.seed):
             if self.pipeline if self.pipeline is not None else overlap_pays(device):
                 self._overlapped(G, rows_in, writer, device, stats, cancel)
@@ -378,8 +379,10 @@ class Writer:
     their share of valid pixels, are added into accumulators one tile high and as wide as the column
     block; the output rows no later tile touches are normalised, brought to the host and written."""
 
-    def __init__(self, engine, sink, ys, blocks, cols, height, write_from, device, stats, bar, report, total):
+    def __init__(self, engine, sink, ys, blocks, cols, height, write_from, device, stats, bar, report, total,
+                 out_channels):
         self.engine, self.sink, self.ys, self.blocks, self.cols = engine, sink, ys, blocks, cols
+        self.out_channels = out_channels  # the generator's: 3, or 1 for grey
         self.height, self.write_from, self.device, self.stats = height, write_from, device, stats
         self.bar, self.report, self.total, self.done = bar, report, total, 0
         self.win = window(engine.tile, device)[0]
@@ -396,7 +399,7 @@ class Writer:
         cx0 = self.cols[row.block][0]
         if row.block != self.block:
             width = self.cols[row.block][-1] + t - cx0
-            self.acc = torch.zeros(3, t, width, device=self.device)
+            self.acc = torch.zeros(self.out_channels, t, width, device=self.device)
             self.weight = torch.zeros(1, t, width, device=self.device)
             self.block = row.block
         acc, weight, win = self.acc, self.weight, self.win
@@ -454,7 +457,7 @@ def to_host(x: torch.Tensor) -> torch.Tensor:
 
 
 class TensorSource:
-    """An image (3, H, W) in memory, every pixel valid: float in [-1, 1], or uint8 (a decoded PNG/JPEG,
+    """An image (C, H, W) in memory, every pixel valid: float in [-1, 1], or uint8 (a decoded PNG/JPEG,
     converted window by window so no float copy of the whole image is made). The image stays on its
     device; the validity mask, like every source's, is on the host, where the engine decides from it
     which tiles run."""
@@ -476,32 +479,32 @@ class TensorSource:
 
 
 class TensorSink:
-    """Collects the output as one float tensor (3, H, W) in [-1, 1]."""
+    """Collects the output as one float tensor (C, H, W) in [-1, 1]."""
 
-    def __init__(self, height, width, device="cpu"):
-        self.out = torch.zeros(3, height, width, device=device)
+    def __init__(self, height, width, device="cpu", channels=3):
+        self.out = torch.zeros(channels, height, width, device=device)
 
     def write(self, y, x, rgb, valid):
         self.out[:, y:y + rgb.shape[1], x:x + rgb.shape[2]] = rgb.to(self.out.device)
 
 
 def to_uint8(rgb: torch.Tensor) -> np.ndarray:
-    """(3, h, w) in [-1, 1] -> uint8 rounded to the nearest level, as utils.to_image does."""
+    """(C, h, w) in [-1, 1] -> uint8 rounded to the nearest level, as utils.to_image does."""
     return rgb.clamp(-1, 1).add_(1).mul_(127.5).round_().to(torch.uint8).numpy()
 
 
 class ArraySink:
-    """Collects the output as uint8 (H, W, 3), a quarter of a float copy: the PNG/JPEG path."""
+    """Collects the output as uint8 (H, W, C), a quarter of a float copy: the PNG/JPEG path."""
 
-    def __init__(self, height, width):
-        self.out = np.zeros((height, width, 3), dtype=np.uint8)
+    def __init__(self, height, width, channels=3):
+        self.out = np.zeros((height, width, channels), dtype=np.uint8)
 
     def write(self, y, x, rgb, valid):
         self.out[y:y + rgb.shape[1], x:x + rgb.shape[2]] = to_uint8(rgb).transpose(1, 2, 0)
 
 
 def translate(G, x: torch.Tensor, tile=256, overlap=64, paper=True, seed=0, batch=8, tta=False) -> torch.Tensor:
-    """G over one image (1, 3, H, W) in [-1, 1] of any size, held in memory; returns (1, 3, H, W)."""
-    sink = TensorSink(x.shape[-2], x.shape[-1], x.device)
+    """G over one image (1, C, H, W) in [-1, 1] of any size, held in memory; returns (1, C_out, H, W)."""
+    sink = TensorSink(x.shape[-2], x.shape[-1], x.device, channels(G)[1])
     Engine(tile, overlap, paper, seed, batch, tta, block=max(x.shape[-1], 1)).run(G, TensorSource(x[0]), sink)
     return sink.out[None]

@@ -35,7 +35,7 @@ from discriminator import define_D
 from generator import define_G, inference, init_weights, size_multiple
 from losses import gan_loss, gradient_penalty, make_scheduler
 from rundir import RunDir
-from utils import (InputError, all_agree, amp_dtype, broadcast_buffers, gather_objects, init_distributed,
+from utils import (InputError, all_agree, amp_dtype, as_rgb, broadcast_buffers, gather_objects, init_distributed,
                    local_rank, pick_device, protect_output, rng_state, run_command, seed_everything,
                    set_determinism)
 
@@ -47,10 +47,11 @@ STOP_EVERY = 10
 
 
 def to_pair(batch: torch.Tensor, cfg: Config, device, memory_format):
-    """uint8 (B, 6, H, W) -> real_A, real_B float in [-1, 1] on device, ordered by --direction."""
+    """uint8 (B, CA + CB, H, W) -> real_A, real_B float in [-1, 1] on device, ordered by --direction."""
     x = batch.to(device, non_blocking=True).float().div_(127.5).sub_(1)
     x = x.contiguous(memory_format=memory_format)
-    a, b = x[:, :3], x[:, 3:]
+    ca = dataset.pair_channels(cfg.direction, cfg.input_nc, cfg.output_nc)[0]
+    a, b = x[:, :ca], x[:, ca:]
     return (a, b) if cfg.direction == "AtoB" else (b, a)
 
 
@@ -73,16 +74,18 @@ def load_data(cfg: Config, rank: int, device):
                                     f"then show training pairs)") from None
         val_pairs = pairs
     size, crop = dataset.preprocess_plan(pairs, cfg.preprocess, cfg.load_size, cfg.crop_size, size_multiple(cfg.netG))
+    channels = dataset.pair_channels(cfg.direction, cfg.input_nc, cfg.output_nc)
     if size is None and cfg.batch_size > 1:
         raise InputError(f"--preprocess {cfg.preprocess}: the pairs of {root / 'train'} come out in differing "
                          f"sizes, which cannot share a batch: use --batch-size 1 or another --preprocess")
-    where, why = cache.choose(cfg.data_cache, len(pairs), size, device) if size else ("off", "pairs of differing sizes")
+    where, why = cache.choose(cfg.data_cache, len(pairs), size, device, sum(channels)) if size else \
+        ("off", "pairs of differing sizes")
     if rank == 0:
         print(f"data cache: {where} ({why})")
     if where == "off":
         sizer = partial(dataset.preprocess_size, mode=cfg.preprocess, load=cfg.load_size, crop=cfg.crop_size,
                         multiple=size_multiple(cfg.netG))
-        train = dataset.PILPairs(pairs, size, crop, sizer)
+        train = dataset.PILPairs(pairs, size, crop, sizer, channels)
     else:
         cache_dir = root / ".cache" / "train" if where == "disk" else None
         # one build per node, the node's other processes then map what it wrote; in memory each
@@ -91,7 +94,7 @@ def load_data(cfg: Config, rank: int, device):
         builder = local_rank() == 0
         if shared and not builder:
             dist.barrier()
-        train = cache.CachedPairs(pairs, size, cache_dir, cfg.skip_bad, crop=crop)
+        train = cache.CachedPairs(pairs, size, cache_dir, cfg.skip_bad, crop=crop, channels=channels)
         if shared and builder:
             dist.barrier()
     return train, val_pairs
@@ -102,7 +105,8 @@ def sample_batch(pairs, cfg: Config) -> torch.Tensor:
     out = []
     for pair in pairs:
         try:
-            out.append(dataset.decode_pair(pair, cfg.crop_size))
+            out.append(dataset.decode_pair(pair, cfg.crop_size,
+                                           dataset.pair_channels(cfg.direction, cfg.input_nc, cfg.output_nc)))
         except dataset.DataError as e:
             print(f"warning: not used for samples: {e}", file=sys.stderr)
         if len(out) == cfg.num_samples:
@@ -224,8 +228,10 @@ def build_state(cfg: Config, device, rank: int, world: int, dtype, memory_format
     exactly as the paper sets them. This dict is the training state: last.pt holds the state_dict of
     each object in it (rundir.checkpoint), so adding state is one line here."""
     torch.manual_seed(cfg.seed)  # same initial weights on every process
-    G = init_weights(define_G(cfg.netG, cfg.ngf, cfg.norm, cfg.dropout), cfg.init_type, cfg.init_gain).to(device)
-    D = init_weights(define_D(cfg.netD, cfg.ndf, cfg.n_layers_D, cfg.norm), cfg.init_type, cfg.init_gain).to(device)
+    G = init_weights(define_G(cfg.netG, cfg.ngf, cfg.norm, cfg.dropout, cfg.input_nc, cfg.output_nc),
+                     cfg.init_type, cfg.init_gain).to(device)
+    D = define_D(cfg.netD, cfg.ndf, cfg.n_layers_D, cfg.norm, cfg.input_nc + cfg.output_nc)  # sees A and B
+    D = init_weights(D, cfg.init_type, cfg.init_gain).to(device)
     seed_everything(cfg.seed + rank)  # then a dropout stream of its own per process
     if cfg.sync_bn and world > 1:
         G, D = (nn.SyncBatchNorm.convert_sync_batchnorm(m) for m in (G, D))
@@ -264,7 +270,7 @@ def resolved_settings(device, dtype, memory_format, world: int, train) -> dict:
 def epoch_plan(train, epoch: int, steps_per_epoch: int, world: int, cfg: Config) -> torch.Tensor:
     """The epoch's shuffled order and jitter as (steps, process, batch, 4) rows: a pure function of
     (seed, epoch, number of pairs, number of processes), so the step says where the data stream is."""
-    plan = dataset.jitter_plan(len(train), cfg.seed, epoch, train.size, train.crop, cfg.flip)
+    plan = dataset.jitter_plan(len(train), cfg.seed, epoch, train.size, train.crop, cfg.flip, cfg.shuffle)
     return plan[: steps_per_epoch * cfg.batch_size * world].view(steps_per_epoch, world, cfg.batch_size, 4)
 
 
@@ -301,12 +307,12 @@ class LossMeter:
 
 
 def sample_grid(G, val: torch.Tensor, cfg: Config, device, memory_format) -> torch.Tensor:
-    """The fixed validation pairs as rows of condition | generated | target (3N, 3, H, W), generated in
-    the paper's test-time mode, which leaves G's state and every RNG stream untouched."""
+    """The fixed validation pairs as rows of condition | generated | target (3N, 3, H, W; grey shown as
+    RGB), generated in the paper's test-time mode, which leaves G's state and every RNG stream untouched."""
     real_A, real_B = to_pair(val, cfg, device, memory_format)
     with inference(G, paper=True, seed=cfg.seed):
         fake_B = G(real_A)
-    return torch.stack([real_A, fake_B, real_B], 1).flatten(0, 1)
+    return torch.stack([as_rgb(real_A), as_rgb(fake_B), as_rgb(real_B)], 1).flatten(0, 1)
 
 
 def validate(G, pairs: list, cfg: Config, device, memory_format, inception) -> tuple[dict, int]:
@@ -413,6 +419,8 @@ def fit(cfg: Config, stop: StopFlag):
                         run.save_best(G.state_dict(), cfg.to_dict(), step, cfg.best_metric, best.value, metrics)
             if is_main and (step % cfg.sample_every == 0 or last):
                 run.samples(sample_grid(G, val, cfg, device, memory_format), step, cfg.direction)
+            if cfg.save_epoch_every and step % (cfg.save_epoch_every * steps_per_epoch) == 0:
+                run.save_epoch(G.state_dict(), cfg.to_dict(), step // steps_per_epoch)
             if step % cfg.save_every == 0 or last:
                 broadcast_buffers(G, D)  # the running statistics saved are rank 0's, and now every process's
                 run.save(state, step=step, epoch=step // steps_per_epoch, config=cfg.to_dict(),

@@ -360,6 +360,11 @@ def to_image(x: torch.Tensor) -> Image.Image:
     return Image.fromarray(x.permute(1, 2, 0).numpy())
 
 
+def as_rgb(x: torch.Tensor) -> torch.Tensor:
+    """Images (N, C, H, W) with 3 channels; a grey one (C = 1) repeated into three, for grids and FID."""
+    return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+
+
 def save_image(img: Image.Image, path, **kw):
     """img.save to a temp file next to path, then replace_durably: a reader never sees half an image."""
     path = Path(path)

@@ -45,12 +45,15 @@ def export_web(G, config: dict, weights, out: Path, int8=False, calibrate=None, 
     out = Path(out)
     if out.suffix != ".onnx" or out.stem == "index":
         raise InputError(f"--web {out}: expected a NAME.onnx file name (NAME other than index)")
+    if (config["input_nc"], config["output_nc"]) != (3, 3):
+        raise InputError(f"--web {out}: the page runs RGB generators; {weights} takes {config['input_nc']} "
+                         f"and gives {config['output_nc']} channel(s) (use predict.py for it)")
     precision = "int8" if int8 or fp16_bytes(G) > MAX_BYTES else "fp16"
     why = "--int8" if int8 else f"{fp16_bytes(G) / 1e6:.0f} MB in float16, over the page's {MAX_BYTES / 1e6:.0f} MB"
     if precision == "int8" and calibrate is None:
         raise InputError(f"--web {out}: int8 weights ({why}) are calibrated on real tiles: add --calibrate FOLDER "
                          f"(satellite pictures; --pairs for A|B pairs)")
-    tiles = None if calibrate is None else calibration_tiles(Path(calibrate), pairs, config["direction"])
+    tiles = None if calibrate is None else calibration_tiles(Path(calibrate), pairs, config)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.stem}.") as tmp:  # beside out: renamed into place
         fp32, small = Path(tmp) / "float32.onnx", Path(tmp) / "web.onnx"
         export(G, fp32, opset)
@@ -101,12 +104,12 @@ def save_fp16(fp32: Path, path: Path):
     onnx.save(model, str(path))
 
 
-def calibration_tiles(folder: Path, pairs: bool, direction: str) -> torch.Tensor:
+def calibration_tiles(folder: Path, pairs: bool, config: dict) -> torch.Tensor:
     """CALIBRATION_TILES tiles (N, 3, TILE, TILE) in [-1, 1] of the pictures or rasters in folder, read
     as predict.py reads them (with `pairs`, the input half of each A|B pair): int8's own choice of
     tiles (int8.calibration_tiles)."""
-    opts = raster.Options(Engine(TILE, OVERLAP), pairs=pairs, direction=direction)
-    return int8.calibration_tiles(raster.input_files(folder), opts, CALIBRATION_TILES)
+    opts = raster.Options(Engine(TILE, OVERLAP), pairs=pairs, direction=config["direction"])
+    return int8.calibration_tiles(raster.input_files(folder), opts, CALIBRATION_TILES, config["input_nc"])
 
 
 def difference(fp32: Path, small: Path, tiles: torch.Tensor | None, seed: int) -> dict:

@@ -360,8 +360,8 @@ def test_crashed_build_leaves_no_cache_and_its_temp_file_is_cleared(tmp_path, mo
     root = make_dataset(tmp_path / "d", n_train=3)
     pairs, _ = dataset.list_pairs(root, "train")
     real_decode = dataset.decode_pair
-    monkeypatch.setattr(dataset, "decode_pair", lambda p, s: (_ for _ in ()).throw(KeyboardInterrupt)
-                        if p.name == "002" else real_decode(p, s))
+    monkeypatch.setattr(dataset, "decode_pair", lambda p, *a: (_ for _ in ()).throw(KeyboardInterrupt)
+                        if p.name == "002" else real_decode(p, *a))
     with pytest.raises(KeyboardInterrupt):
         cache.CachedPairs(pairs, 64, tmp_path / "cache")
     assert list((tmp_path / "cache").iterdir()) == []
