@@ -26,32 +26,8 @@ import dataset
 import fid
 from config import WEIGHTS_HELP, add_device, command_parser
 from generator import inference, load_generator, tta
+from palette import CLASSES, classify
 from utils import InputError, atomic_write_text, pick_device, run_command, save_grid
-
-# Google-map palette of the maps set, calibrated on ../shared/maps_sample (see docs/evaluation.md): several
-# prototypes per class; a pixel takes the class of its nearest prototype, and is background when no
-# prototype is within PALETTE_RADIUS.
-CLASSES = ("background", "road", "highway", "water", "park")
-PALETTE = {
-    "background": [(236, 228, 220), (244, 244, 236), (228, 228, 220), (236, 236, 228), (220, 220, 212)],
-    "road": [(252, 252, 252)],
-    "highway": [(252, 156, 36), (252, 228, 104)],
-    "water": [(176, 208, 252), (164, 198, 252)],
-    "park": [(204, 222, 176), (198, 222, 158)],
-}
-PALETTE_RADIUS = 24.0  # in 0-255 RGB units
-
-
-def classify(x: torch.Tensor) -> torch.Tensor:
-    """Map images (N, 3, H, W) in [-1, 1] -> class ids (N, H, W) by nearest palette colour."""
-    rgb = (x.float().clamp(-1, 1) + 1) * 127.5
-    protos = torch.tensor([c for name in CLASSES for c in PALETTE[name]], dtype=torch.float32, device=x.device)
-    owner = torch.tensor([i for i, name in enumerate(CLASSES) for _ in PALETTE[name]], device=x.device)
-    dist2 = (rgb.permute(0, 2, 3, 1).reshape(-1, 1, 3) - protos).pow(2).sum(-1)
-    best, idx = dist2.min(1)
-    cls = torch.where(best <= PALETTE_RADIUS ** 2, owner[idx], 0)
-    return cls.view(x.shape[0], *x.shape[2:])
-
 
 def gaussian_ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """SSIM of Wang et al. 2004 per image: 11x11 Gaussian window (sigma 1.5), K1 0.01, K2 0.03, data
