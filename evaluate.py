@@ -6,9 +6,9 @@
     python evaluate.py --weights sat2map --fid --inception-weights pt_inception-2015-12-05-6726825d.pth --out eval/
 
 Writes OUT/grid_input.png, grid_output.png, grid_target.png (3x8), grid_triplets.png (input | output |
-target per row), metrics.json, per_image.csv (pixel metrics and structure IoUs per image), and prints
-a table. Metrics are defined in docs/evaluation.md; `evaluate_pairs` computes them, here and in train.py's
-validation.
+target per row), metrics.json, per_image.csv (pixel metrics, structure IoUs and GIS figures per image),
+and prints a table. Metrics are defined in docs/evaluation.md; `evaluate_pairs` computes them, here and in
+train.py's validation (which leaves out the GIS figures).
 """
 import csv
 import io
@@ -18,16 +18,19 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import shapely
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
 import dataset
 import fid
+import vector
 from config import WEIGHTS_HELP, add_device, command_parser
 from generator import inference, load_generator, tta
 from palette import CLASSES, classify
 from utils import InputError, atomic_write_text, pick_device, run_command, save_grid
+
 
 def gaussian_ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """SSIM of Wang et al. 2004 per image: 11x11 Gaussian window (sigma 1.5), K1 0.01, K2 0.03, data
@@ -89,19 +92,59 @@ def ious(inter, union) -> dict:
     return iou
 
 
+MATCH_PX = 2.0  # road length counts as found when within this many px of a road of the other map
+
+
+class GISFigures:
+    """The GIS figures of vector.py's layers, per image and over the split: road length (centerlines,
+    road and highway, in px), its completeness (share of the target's length within MATCH_PX of the
+    output's) and correctness (share of the output's within MATCH_PX of the target's), water and park
+    area (polygons, px^2). Both maps are vectorised alike, with vector.py's default settings."""
+    KEYS = ("road_len", "road_len_target", "road_complete", "road_correct", "water_area", "water_area_target",
+            "park_area", "park_area_target")
+
+    def __init__(self):
+        self.rows, self.matched, self.matched_target = [], 0.0, 0.0
+
+    def update(self, fake, real) -> dict:
+        """Add one image (1, 3, H, W) in [-1, 1]; returns its figures."""
+        fake_layers, real_layers = (vector.layers(classify(x)[0].cpu().numpy().astype(np.uint8)) for x in (fake, real))
+        roads = [shapely.union_all([g for _, g in layers.lines]) for layers in (fake_layers, real_layers)]
+        lengths = [r.length for r in roads]
+        matched = roads[0].intersection(roads[1].buffer(MATCH_PX)).length
+        matched_target = roads[1].intersection(roads[0].buffer(MATCH_PX)).length
+        self.matched, self.matched_target = self.matched + matched, self.matched_target + matched_target
+        row = {"road_len": lengths[0], "road_len_target": lengths[1],
+               "road_complete": matched_target / lengths[1] if lengths[1] else None,
+               "road_correct": matched / lengths[0] if lengths[0] else None}
+        for name, c in (("water", vector.WATER), ("park", vector.PARK)):
+            for suffix, layers in (("", fake_layers), ("_target", real_layers)):
+                row[f"{name}_area{suffix}"] = sum(g.area for k, g in layers.polygons if k == c)
+        self.rows.append(row)
+        return row
+
+    def result(self) -> dict:
+        """Lengths and areas averaged over the images; completeness and correctness over the split's
+        total lengths (None where there is no road to measure)."""
+        mean = {k: sum(r[k] for r in self.rows) / len(self.rows) for k in self.KEYS if "road_c" not in k}
+        total, total_target = (sum(r[k] for r in self.rows) for k in ("road_len", "road_len_target"))
+        return {**mean, "road_complete": self.matched_target / total_target if total_target else None,
+                "road_correct": self.matched / total if total else None}
+
+
 def evaluate_pairs(G, pairs, direction="AtoB", device="cpu", paper=True, seed=0, keep=(), inception=None,
-                   desc=None, use_tta=False):
+                   desc=None, use_tta=False, gis=False):
     """Translate every pair at 256x256 (one image per call, as the paper tests) and measure it.
 
     paper=True is the paper's test-time mode with dropout seeded by seed + index (generator.inference:
     G's running statistics and the caller's RNG streams are left as they were). inception (from
     fid.load_inception) adds fid, kid and kid_std; use_tta averages each output over the 8 flips and
-    rotations of its input (generator.tta). Returns (metrics, rows, kept): split-level metrics
-    (pixel metrics averaged over images, IoUs over the split), one row per image (its pixel
-    metrics and its own IoUs), and
+    rotations of its input (generator.tta); gis adds the GIS figures (GISFigures). Returns (metrics,
+    rows, kept): split-level metrics (pixel metrics averaged over images, IoUs over the split), one row
+    per image (its pixel metrics and its own IoUs), and
     {index: (real_A, fake_B, real_B)} on the CPU for the indices in keep. Undecodable pairs are skipped."""
     device = torch.device(device)
-    rows, kept, iou, feats = [], {}, StructureIoU(), ([], [])
+    rows, kept, iou, feats, figures = [], {}, StructureIoU(), ([], []), GISFigures() if gis else None
     for i, pair in enumerate(tqdm(pairs, desc=desc, unit="img", disable=desc is None)):
         try:
             x = dataset.decode_pair(pair, 256)[None].to(device).float() / 127.5 - 1
@@ -112,7 +155,8 @@ def evaluate_pairs(G, pairs, direction="AtoB", device="cpu", paper=True, seed=0,
         with inference(G, paper=paper, seed=seed + i):
             fake_B = tta(G, real_A, separate=paper) if use_tta else G(real_A).float()
         m = pixel_metrics(fake_B, real_B)
-        rows.append({"name": pair.name, **{k: v.item() for k, v in m.items()}, **iou.update(fake_B, real_B)})
+        rows.append({"name": pair.name, **{k: v.item() for k, v in m.items()}, **iou.update(fake_B, real_B),
+                     **(figures.update(fake_B, real_B) if gis else {})})
         if inception is not None:
             feats[0].append(fid.features(inception, fake_B))
             feats[1].append(fid.features(inception, real_B))
@@ -122,6 +166,8 @@ def evaluate_pairs(G, pairs, direction="AtoB", device="cpu", paper=True, seed=0,
         raise InputError(f"{len(pairs)} pair(s), none could be evaluated")
     metrics = {k: sum(r[k] for r in rows) / len(rows) for k in m}
     metrics.update(iou.result())  # over the split, not a mean of the images' IoUs
+    if gis:
+        metrics.update(figures.result())
     if inception is not None:
         metrics.update(fid.scores(np.concatenate(feats[0]), np.concatenate(feats[1])))
     return metrics, rows, kept
@@ -143,6 +189,8 @@ def main(argv=None):
     p.add_argument("--tta", action="store_true", help="average the output over the 8 flips/rotations of each input")
     p.add_argument("--direction", choices=["AtoB", "BtoA"], help="override the weights' direction")
     p.add_argument("--fid", action="store_true", help="also FID and KID of the outputs against the targets")
+    p.add_argument("--no-gis", action="store_true", help="leave out the GIS figures (road length, completeness, "
+                   "correctness, water and park area: vector.py's layers of output and target)")
     p.add_argument("--inception-weights", default=None, help=f"{fid.WEIGHTS_NAME} for --fid "
                    "(default: the torch hub cache, where pytorch-fid keeps it)")
     add_device(p)
@@ -165,7 +213,8 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     try:
         metrics, rows, kept = evaluate_pairs(G, pairs, direction, device, paper=not args.eval, seed=args.seed,
-                                             keep=chosen, inception=inception, use_tta=args.tta, desc=f"evaluate {split}")
+                                             keep=chosen, inception=inception, use_tta=args.tta,
+                                             desc=f"evaluate {split}", gis=not args.no_gis)
     except InputError as e:
         raise InputError(f"{Path(root) / split}: {e}") from None
     grid = {key: [kept[i][k] for i in sorted(kept)] for k, key in enumerate(("input", "output", "target"))}
@@ -184,10 +233,11 @@ def main(argv=None):
     w.writeheader()
     w.writerows(rows)
     atomic_write_text(out / "per_image.csv", table.getvalue())
-    print(f"{'metric':<16}{'value':>10}")
+    width = max(len(k) for k in metrics) + 2
+    print(f"{'metric':<{width}}{'value':>10}")
     for k, v in metrics.items():
         if isinstance(v, float) or v is None:
-            print(f"{k:<16}{'n/a' if v is None or math.isnan(v) else f'{v:.4f}':>10}")
+            print(f"{k:<{width}}{'n/a' if v is None or math.isnan(v) else f'{v:.4f}':>10}")
     print(f"wrote grids, metrics.json and per_image.csv to {out}")
 
 

@@ -172,6 +172,55 @@ def test_block_size_changes_nothing(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------------
+# evaluate.py's GIS figures
+
+
+def test_gis_figures_measure_roads_found_within_two_pixels():
+    """A real map against itself: completeness and correctness 1, its lengths and areas twice; shifted
+    by 1 px the roads are still found, by 8 px mostly not; against a map without roads: none found."""
+    _, pair = sample_maps()[1]  # a highway, roads and water
+    real_B = torch.from_numpy(pair[:, :, 256:])[None].float() / 127.5 - 1
+    figures = evaluate.GISFigures()
+    same = figures.update(real_B, real_B)
+    assert same["road_complete"] == pytest.approx(1) and same["road_correct"] == pytest.approx(1)
+    assert same["road_len"] == same["road_len_target"] > 500 and same["water_area"] == same["water_area_target"] > 0
+    layers = vector.layers(palette.classify_rgb(pair[:, :, 256:]))
+    assert same["road_len"] == pytest.approx(sum(g.length for _, g in layers.lines))
+    near, far = (figures.update(torch.roll(real_B, shift, 3), real_B) for shift in (1, 8))
+    assert near["road_complete"] > 0.9 and near["road_correct"] > 0.9
+    assert far["road_complete"] < 0.6 and far["road_correct"] < 0.6
+    blank = figures.update(torch.full_like(real_B, 236 / 127.5 - 1), real_B)
+    assert blank["road_len"] == 0 and blank["road_complete"] == 0 and blank["road_correct"] is None
+    split = figures.result()
+    assert split["road_len_target"] == pytest.approx(same["road_len"])
+    assert split["road_complete"] == pytest.approx(sum(r["road_complete"] * r["road_len_target"] for r in figures.rows)
+                                                   / sum(r["road_len_target"] for r in figures.rows))
+
+
+def test_evaluate_writes_gis_figures_per_image_and_split(tmp_path):
+    """evaluate.py puts them in per_image.csv and metrics.json (target lengths as vector.py measures
+    them); --no-gis leaves them out."""
+    import csv
+    import json
+    from generator import Generator, init_weights
+    torch.save({"G": init_weights(Generator(ngf=8)).state_dict(), "config": {"ngf": 8}}, tmp_path / "G.pt")
+    target = map_picture(256, 256)
+    pair = np.concatenate([np.full_like(target, 90), target], 2)
+    (tmp_path / "pairs").mkdir()
+    Image.fromarray(pair.transpose(1, 2, 0)).save(tmp_path / "pairs" / "one.png")
+    for flags, out in (([], "ev"), (["--no-gis"], "plain")):
+        evaluate.main(["--weights", str(tmp_path / "G.pt"), "--input", str(tmp_path / "pairs"), "--out",
+                       str(tmp_path / out), "--eval", "--device", "cpu", *flags])
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    (row,) = csv.DictReader(open(tmp_path / "ev" / "per_image.csv"))
+    expected = sum(g.length for _, g in vector.layers(palette.classify_rgb(target)).lines)
+    assert metrics["road_len_target"] == pytest.approx(expected)
+    assert float(row["road_len_target"]) == pytest.approx(expected)
+    assert set(evaluate.GISFigures.KEYS) <= metrics.keys() and set(evaluate.GISFigures.KEYS) <= row.keys()
+    assert not set(evaluate.GISFigures.KEYS) & json.loads((tmp_path / "plain" / "metrics.json").read_text()).keys()
+
+
+# ----------------------------------------------------------------------------------------------------
 # The flags
 
 
