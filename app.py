@@ -34,6 +34,7 @@ import cog  # noqa: E402
 import dataset  # noqa: E402
 import predict  # noqa: E402
 import raster  # noqa: E402
+import vector  # noqa: E402
 from config import WEIGHTS_HELP, add_device, command_parser  # noqa: E402
 from generator import PRETRAINED  # noqa: E402
 from utils import InputError, pick_device, run_command, save_image  # noqa: E402
@@ -46,8 +47,8 @@ THEME = gr.themes.Soft(primary_hue="teal")
 CSS = """
 #title {text-align: center}
 #status {min-height: 1.5em}
-#map_png .empty, #map_tif .empty {min-height: 4rem !important; height: 4rem}
-#map_png .empty .icon, #map_tif .empty .icon {display: none}
+#map_png .empty, #map_tif .empty, #map_gpkg .empty {min-height: 4rem !important; height: 4rem}
+#map_png .empty .icon, #map_tif .empty .icon, #map_gpkg .empty .icon {display: none}
 """
 
 
@@ -164,10 +165,16 @@ def translate_file(models: Models, path: Path, label: str, args, progress, work:
         out = raster.predict_file(G, path, work, opts,
                                   progress=lambda done, total: progress((done, total), desc="translating", unit="tiles"))
         seconds = time.perf_counter() - start
-    png, tif = out, None
+    png, tif, gpkg, note = out, None, None, ""
     if out.suffix == ".tif":  # a georeferenced input: the COG as predict.py writes it, plus a PNG of it
         png, tif = work / f"{path.stem}.png", out
         cog.publish(out, png, "png")
+        gpkg = work / f"{path.stem}.gpkg"  # and its GIS layers, as predict.py --vector writes them
+        try:
+            vector.vectorise(out, gpkg, progress=lambda done, rows: progress((done, rows), desc="vectorising",
+                                                                            unit="rows"))
+        except InputError as e:  # a map with nothing to vectorise keeps its map; the reason, without the path
+            gpkg, note = None, f" · no GIS layers: {str(e).split(': ', 1)[-1]}"
     if raster.is_picture(path):
         with Image.open(png) as result:
             width, height = result.size
@@ -178,7 +185,7 @@ def translate_file(models: Models, path: Path, label: str, args, progress, work:
             width, height = ds.width, ds.height
         size = preview_size(width, height)
         after, before = read_preview(out, size), read_preview(path, size, opts)
-    return {"png": png, "tif": tif, "before": before, "after": after, "seconds": seconds,
+    return {"png": png, "tif": tif, "gpkg": gpkg, "note": note, "before": before, "after": after, "seconds": seconds,
             "megapixels": width * height / 1e6, "size": (width, height)}
 
 
@@ -218,7 +225,7 @@ def build_app(weights: str | None = None, weights_dir: Path | str = "weights", d
                   value_range="", weights=weights, progress=gr.Progress()):
         """Translate an uploaded satellite image or GeoTIFF into a map (PNG first, then the
         before/after pair, the map, the Cloud-Optimized GeoTIFF of a georeferenced input, a status
-        line)."""
+        line, and the map's GIS layers as a GeoPackage for a georeferenced input)."""
         if not image:
             raise gr.Error("Upload a satellite image (PNG/JPEG) or a GeoTIFF first.")
         path = Path(image)
@@ -236,11 +243,12 @@ def build_app(weights: str | None = None, weights_dir: Path | str = "weights", d
             after = r["png"] if r["after"].size == r["size"] else Path(work) / "map.png"
             if after != r["png"]:  # a reduced preview
                 save_image(r["after"], after)
-            png, before, after, tif = publish_files([r["png"], Path(work) / "input.png", after, r["tif"]])
+            png, before, after, tif, gpkg = publish_files([r["png"], Path(work) / "input.png", after, r["tif"],
+                                                           r["gpkg"]])
         w, h = r["size"]
         status = (f"**{w}×{h} px** ({r['megapixels']:.2f} MP) in **{r['seconds']:.1f} s**: "
-                  f"{r['megapixels'] / max(r['seconds'], 1e-9):.2f} MP/s · {mode} mode · {weights}")
-        return png, (before, after), after, tif, status
+                  f"{r['megapixels'] / max(r['seconds'], 1e-9):.2f} MP/s · {mode} mode · {weights}{r['note']}")
+        return png, (before, after), after, tif, status, gpkg
 
     with gr.Blocks(title="sat2map", analytics_enabled=False, delete_cache=(CACHE_AGE_S // 4, CACHE_AGE_S)) as demo:
         gr.Markdown("# sat2map: satellite image → map\nDrop a satellite picture (PNG/JPEG) or a GeoTIFF and "
@@ -282,10 +290,11 @@ def build_app(weights: str | None = None, weights_dir: Path | str = "weights", d
                 with gr.Row():
                     png_out = gr.File(label="Map (PNG)", elem_id="map_png")
                     tif_out = gr.File(label="Map (Cloud-Optimized GeoTIFF)", elem_id="map_tif")
+                    gpkg_out = gr.File(label="Map layers (GeoPackage)", elem_id="map_gpkg")
                 with gr.Accordion("The map alone", open=False):
                     map_out = gr.Image(label="Map", type="filepath", format="png", elem_id="map")
         inputs = [image, mode_in, seed_in, tta_in, scale_in, gsd_in, bands_in, stretch_in, range_in, weights_in]
-        button.click(translate, inputs, [png_out, slider, map_out, tif_out, status], api_name="translate",
+        button.click(translate, inputs, [png_out, slider, map_out, tif_out, status, gpkg_out], api_name="translate",
                      concurrency_limit=concurrency)
     demo.queue(max_size=queue, default_concurrency_limit=concurrency)
     return demo

@@ -4,11 +4,13 @@
     python predict.py --weights sat2map --input folder/ --out out/ --eval --scale 0.43
     python predict.py --weights sat2map --input data/maps/val --pairs --out out/
     python predict.py --weights sat2map --input scene.tif --out out/ --bands 3,2,1 --gsd 1.2 --eval
+    python predict.py --weights sat2map --input scene.tif --out out/ --vector    # out/scene.tif and out/scene.gpkg
     torchrun --nproc-per-node 4 predict.py --weights sat2map --input region/ --out out/ --eval
 
 PNG/JPEG go through PIL, anything else GDAL reads (GeoTIFF, VRT, JP2, ...) through rasterio, window by
 window; both run the tile engine of tiles.py (overlapping tiles blended with a smooth window). A
-georeferenced input gives OUT/<stem>.tif on its own grid, masked where it has no data. Under torchrun
+georeferenced input gives OUT/<stem>.tif on its own grid, masked where it has no data; --vector adds
+OUT/<stem>.gpkg, the map's GIS layers (vector.py, docs/gis.md). Under torchrun
 the processes share the files out by pixel count and cut a raster larger than a fair share into bands
 of tile rows, one per process; rank 0 joins the bands. The output is the one-process output
 (docs/inference-at-scale.md).
@@ -24,6 +26,7 @@ from tqdm import tqdm
 import dataset
 import raster
 import tiles
+import vector
 from config import WEIGHTS_HELP, add_device, command_parser
 from generator import load_generator
 from utils import InputError, amp_dtype, gather_objects, init_distributed, made_folder, pick_device, run_command
@@ -73,6 +76,8 @@ def parser():
                    "threads (OMP_NUM_THREADS) leave a core free, as otherwise they take turns and it is slower")
     p.add_argument("--max-megapixels", type=float, default=dataset.MAX_PIXELS / 1e6,
                    help="PNG/JPEG larger than this are refused (PIL's guard against decompression bombs)")
+    p.add_argument("--vector", action="store_true", help="also vectorise each map into OUT/<stem>.gpkg (vector.py's "
+                   "layers with its defaults: water, park, highway and road polygons, road centerlines)")
     add_device(p)
     return p
 
@@ -119,7 +124,7 @@ def run(args, opts: raster.Options, files: list[Path]) -> int:
         G, config = load(args.weights, pick_device(args.device), args.amp, args.eval)
         opts.direction = args.direction or config["direction"]
         with made_folder(out_dir):  # removed again if every input is skipped
-            failed = translate_files(G, files, out_dir, opts, rank, world)
+            failed = translate_files(G, files, out_dir, opts, rank, world, args.vector)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
@@ -161,15 +166,19 @@ def share_work(files: list[Path], opts: raster.Options, world: int) -> list[list
     return work
 
 
-def translate_files(G, files: list[Path], out_dir: Path, opts: raster.Options, rank: int, world: int) -> int:
-    """Translate this process's share of the files; rank 0 then joins the parts of shared rasters and
-    reports every failed input once. Returns the number of inputs that failed."""
+def translate_files(G, files: list[Path], out_dir: Path, opts: raster.Options, rank: int, world: int,
+                    layers: bool = False) -> int:
+    """Translate this process's share of the files (and vectorise each finished map, with `layers`);
+    rank 0 then joins the parts of shared rasters and reports every failed input once. Returns the
+    number of inputs that failed."""
     work = gather_objects(share_work(files, opts, world) if rank == 0 else None)[0]
     progress = JobProgress(sum(px for units in work for _, _, px in units), rank, world)
     failures = {}
     for i, part, px in work[rank]:
         try:
-            raster.predict_file(G, files[i], out_dir, opts, progress=progress.unit(px), part=part)
+            out = raster.predict_file(G, files[i], out_dir, opts, progress=progress.unit(px), part=part)
+            if layers and part is None:
+                vector.vectorise(out, out.with_suffix(".gpkg"))
         except InputError as e:  # dataset.DataError is one too
             failures.setdefault(i, str(e))
         progress.unit_done()
@@ -184,7 +193,9 @@ def translate_files(G, files: list[Path], out_dir: Path, opts: raster.Options, r
                 raster.discard_parts(files[i], out_dir, n)
                 continue
             try:
-                raster.assemble(files[i], out_dir, opts, n)
+                out = raster.assemble(files[i], out_dir, opts, n)
+                if layers:
+                    vector.vectorise(out, out.with_suffix(".gpkg"))
             except InputError as e:
                 failures[i] = str(e)
         for i in sorted(failures):

@@ -172,6 +172,36 @@ def test_block_size_changes_nothing(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------------
+# predict.py --vector
+
+
+def test_predict_vector_writes_the_layers_beside_the_map(tmp_path, monkeypatch, capsys):
+    """predict.py --vector writes SCENE.gpkg beside SCENE.tif: vector.py's layers of that map (here a
+    stand-in engine draws a known map on the scene's grid). A random generator's map is no map: one
+    line, exit status 1, SCENE.tif kept and no SCENE.gpkg."""
+    import predict
+    import raster
+    from generator import Generator, init_weights
+    torch.save({"G": init_weights(Generator(ngf=8)).state_dict(), "config": {"ngf": 8}}, tmp_path / "G.pt")
+    scene = write_tif(tmp_path / "scene.tif", np.full((3, 300, 300), 90, np.uint8))
+    argv = ["--weights", str(tmp_path / "G.pt"), "--input", str(scene), "--eval", "--device", "cpu", "--vector"]
+    assert predict.main([*argv, "--out", str(tmp_path / "random")]) == 1
+    assert "not a map" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "random").iterdir()) == ["scene.tif"]
+
+    def draw_map(G, path, out_dir, opts, **kw):
+        return write_tif(out_dir / f"{path.stem}.tif", map_picture(300, 300))
+
+    monkeypatch.setattr(raster, "predict_file", draw_map)
+    assert predict.main([*argv, "--out", str(tmp_path / "out")]) == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["scene.gpkg", "scene.tif"]
+    vector.vectorise(tmp_path / "out" / "scene.tif", tmp_path / "direct.gpkg")
+    for layer in ("road", "centerlines"):
+        got, want = read_layer(tmp_path / "out" / "scene.gpkg", layer), read_layer(tmp_path / "direct.gpkg", layer)
+        assert len(got[0]) == 1 and shapely.equals_exact(got[0], want[0], 0).all() and got[2]["crs"] == want[2]["crs"]
+
+
+# ----------------------------------------------------------------------------------------------------
 # evaluate.py's GIS figures
 
 
