@@ -56,13 +56,12 @@ def tables() -> tuple[np.ndarray, np.ndarray]:
         axes = [np.arange(max(0, v - reach), min(255, v + reach) + 1) for v in proto]
         r, g, b = np.meshgrid(*axes, indexing="ij")
         near_some[r << 16 | g << 8 | b] = True
-    index = np.flatnonzero(near_some)
-    rgb = np.stack([index >> 16, (index >> 8) & 255, index & 255]).astype(np.float32)
-    x = torch.from_numpy(rgb).view(1, 3, 1, -1) / 127.5 - 1
-    cls, near = nearest(x)
     lut, matched = np.zeros(1 << 24, np.uint8), np.zeros(1 << 24, bool)
-    lut[index] = torch.where(near, cls, 0).view(-1).numpy()
-    matched[index] = near.view(-1).numpy()
+    for index in np.array_split(np.flatnonzero(near_some), 16):  # in parts: a small peak of memory
+        rgb = np.stack([index >> 16, (index >> 8) & 255, index & 255]).astype(np.float32)
+        cls, near = nearest(torch.from_numpy(rgb).view(1, 3, 1, -1) / 127.5 - 1)
+        lut[index] = torch.where(near, cls, 0).view(-1).numpy()
+        matched[index] = near.view(-1).numpy()
     return lut, matched
 
 

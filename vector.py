@@ -1,18 +1,19 @@
-"""Map rasters into GIS layers: a class raster, polygons of water, parks, highways and roads, and road
-centerlines, in the map's CRS.
+"""Maps into GIS layers: a class raster, polygons of water, parks, highways and roads, road centerlines.
 
     python vector.py out/scene.tif --out out/scene.gpkg          # and out/scene.classes.tif
     python vector.py map.png --out layers.gpkg --simplify 1 --min-area 16 --spur 12
     python vector.py out/scene.tif --out scene.geojson          # RFC 7946: EPSG:4326
     python predict.py --weights sat2map --input scene.tif --out out/ --vector   # out/scene.tif and out/scene.gpkg
 
-Every pixel takes its class by palette.py's rule (evaluate.py's classes). Patches smaller than
---min-area take the class around them. Polygons come from rasterio.features.shapes on the cells of a
-fixed CELL px grid, are smoothed and simplified as one coverage per cell (neighbouring classes keep
-one shared edge), and are joined across cell edges; centerlines come from scikit-image's skeleton of
-the road classes, traced into lines split at junctions, short spurs pruned. The raster is read block
-by block with a halo, strip after strip, and only what touches the next strip is held, so memory
-follows --block, not the scene. The result does not depend on --block. See docs/gis.md.
+The layers are in the map's CRS. Every pixel takes its class by palette.py's rule (evaluate.py's
+classes); patches smaller than --min-area take the class around them. Polygons come from
+rasterio.features.shapes on the cells of a fixed CELL px grid, are smoothed and simplified as one
+coverage per cell (neighbouring classes keep one shared edge), and are joined across cell edges;
+centerlines come from scikit-image's skeleton of the road classes, traced into lines split at
+junctions, short spurs pruned. The raster is read block by block with a halo, strip after strip, and
+only what touches the next strip is held (and the finished centerlines, as plain coordinates), so memory
+follows --block, the largest connected patch and the road length, not the scene's pixels. The result
+does not depend on --block. See docs/gis.md.
 """
 import contextlib
 import math
@@ -27,6 +28,7 @@ from tqdm import tqdm
 
 import cog
 import raster
+import tiles
 from config import command_parser
 from palette import CLASSES, PALETTE, classify_rgb, palette_share
 from utils import InputError, atomic_write, replace_durably, run_command
@@ -47,7 +49,7 @@ class Settings:
     simplify: float = 0.75  # px: coverage simplification (Visvalingam-Whyatt) of polygons, Douglas-Peucker of lines
     min_area: int = 9  # px: smaller patches take the class around them
     spur: float = 10.0  # px: centerline branches with a free end shorter than this are pruned
-    block: int = 2048  # px side of the blocks read at once; memory grows with it
+    block: int = 1024  # px side of the blocks read at once; memory grows with it
 
     def check(self):
         """InputError naming the flag of a value out of range."""
@@ -280,7 +282,7 @@ def cut_lines(lines: np.ndarray, at) -> np.ndarray:
     import shapely
     if not len(lines):
         return lines
-    xyz, idx = shapely.get_coordinates(lines, include_z=True, return_index=True)
+    xyz, idx = shapely.get_coordinates(lines, include_z=bool(shapely.has_z(lines).any()), return_index=True)
     first = np.r_[True, idx[1:] != idx[:-1]]
     last = np.r_[idx[1:] != idx[:-1], True]
     cut = at(xyz) & ~first & ~last
@@ -302,106 +304,145 @@ def ends(lines: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 class LineTracer:
-    """Road and highway centerlines: every block's skeleton becomes steps between neighbouring pixel
+    """Road and highway centerlines. Each cell's skeleton becomes steps between neighbouring pixel
     centres (z: the pixel's class), which shapely.line_merge joins into lines between junctions and
-    ends; at the end of a strip the lines are cut where the next strip can still add a step, and
-    those stay open. Finished lines are simplified and kept; spurs are pruned once all are known."""
+    ends; lines are cut where a later cell can still add a step, and those stay open, to be merged
+    again at the end of the strip (and cut again where the next strip can add steps). A junction some
+    open line ends at is remembered, so that no later merge runs through it. Finished lines are
+    simplified and kept as plain coordinates; spurs are pruned once all are known (`result`)."""
 
     def __init__(self, height: int, width: int, settings: Settings):
         self.height, self.width, self.settings = height, width, settings
-        self.above = np.zeros(width, np.uint8)  # skeleton classes of the last row of the strip above
-        self.below = np.zeros(width, np.uint8)  # ... of this strip's last row, for the next
-        self.left = np.zeros(height, np.uint8)  # ... of the last column of the block to the left
-        self.steps, self.open = [], []
+        self.above = np.zeros(width, np.uint8)  # skeleton classes along the last row traced, per column
+        self.left = np.zeros(height, np.uint8)  # ... along the last column traced, per row
+        self.corner = {}  # (y, x) -> class of pixel (y - 1, x - 1), for the cell starting there
+        self.strip, self.open = [], []  # lines ending where a later cell, or the next strip, can add a step
         self.junctions = np.zeros(0, complex)  # junctions some open line ends at
-        self.finished = []  # simplified lines, (class, LineString)
+        self.xy, self.sizes, self.cls = [], [], []  # finished lines: vertices, vertex counts, classes
 
     def add_block(self, skeleton: np.ndarray, y0: int, x0: int):
         """skeleton: class ids (h, w) on the skeleton's pixels, 0 elsewhere."""
-        h, w = skeleton.shape
+        for cy in range(0, skeleton.shape[0], CELL):
+            for cx in range(0, skeleton.shape[1], CELL):
+                self.add_cell(skeleton[cy:cy + CELL, cx:cx + CELL], y0 + cy, x0 + cx)
+
+    def add_cell(self, skeleton: np.ndarray, y0: int, x0: int):
+        import shapely
+        (h, w), y1, x1 = skeleton.shape, y0 + skeleton.shape[0], x0 + skeleton.shape[1]
         S = np.zeros((h + 1, w + 1), np.uint8)
-        S[1:, 1:] = skeleton
-        if y0 > 0:
-            S[0, 1:] = self.above[x0:x0 + w]
-            S[0, 0] = self.above[x0 - 1] if x0 > 0 else 0
-        if x0 > 0:
-            S[1:, 0] = self.left[y0:y0 + h]
+        S[1:, 1:], S[0, 1:], S[1:, 0] = skeleton, self.above[x0:x1], self.left[y0:y1]
+        S[0, 0] = self.corner.pop((y0, x0), 0)
+        self.corner[y1, x1] = skeleton[-1, -1]
+        self.above[x0:x1], self.left[y0:y1] = skeleton[-1], skeleton[:, -1]
         start, end = pixel_steps(S > 0)
-        if len(start):
-            xyz = [np.c_[x0 - 0.5 + p[:, 1], y0 - 0.5 + p[:, 0], S[p[:, 0], p[:, 1]]] for p in (start, end)]
-            self.steps.append(np.stack(xyz, 1))
-        self.below[x0:x0 + w], self.left[y0:y0 + h] = skeleton[-1], skeleton[:, -1]
+        if not len(start):
+            return
+        xyz = np.stack([np.c_[x0 - 0.5 + p[:, 1], y0 - 0.5 + p[:, 0], S[p[:, 0], p[:, 1]]] for p in (start, end)], 1)
+        steps = shapely.linestrings(xyz.reshape(-1, 3), indices=np.repeat(np.arange(len(xyz)), 2))
+        rows = [r - 0.5 for r, inner in ((y0, y0 > 0), (y1, y1 < self.height)) if inner]
+        cols = [c - 0.5 for c, inner in ((x0, x0 > 0), (x1, x1 < self.width)) if inner]
+        self.strip += self.split(steps, lambda xyz: np.isin(xyz[:, 1], rows) | np.isin(xyz[:, 0], cols), False)
 
     def end_strip(self, y1: int):
-        """Merge the strip's steps with the open lines; cut at the junctions the open lines start from
-        (their other lines may be finished already, and must not be merged through) and where the
-        next strip can add steps; keep open the lines ending there, finish the others."""
+        """Merge the lines the strip's cells left open, and those the strip above did; keep open
+        those ending in the strip's last row, for the next strip."""
+        row = y1 - 0.5 if y1 < self.height else np.nan
+        lines, self.strip = self.strip + self.open, []
+        self.open = self.split(np.array(lines, dtype=object), lambda xyz: xyz[:, 1] == row, True)
+
+    def split(self, lines: np.ndarray, open_at, last: bool) -> list:
+        """Merge lines, cut them at the remembered junctions and at the vertices where open_at(xy)
+        (a later step can reach them); finish those that do not end there, and return the others.
+        The junctions they end at are remembered; `last`: the only ones left open anywhere."""
         import shapely
-        steps = np.concatenate(self.steps) if self.steps else np.zeros((0, 2, 3))
-        pieces = shapely.linestrings(steps.reshape(-1, 3), indices=np.repeat(np.arange(len(steps)), 2))
-        merged = shapely.get_parts(shapely.line_merge(shapely.multilinestrings(
-            np.concatenate([pieces, np.array(self.open, dtype=object)]))))
-        self.steps, self.above, self.below = [], self.below, np.zeros(self.width, np.uint8)
-        row = y1 - 0.5  # the centres of the strip's last row: the next strip can step from them
-        merged = cut_lines(merged, lambda xyz: np.isin(xyz[:, 0] + 1j * xyz[:, 1], self.junctions)
-                           | ((xyz[:, 1] == row) & (y1 < self.height)))
+        if not len(lines):
+            return []
+        merged = shapely.get_parts(shapely.line_merge(shapely.multilinestrings(lines)))
+        merged = cut_lines(merged, lambda xyz: open_at(xyz) | np.isin(xyz[:, 0] + 1j * xyz[:, 1], self.junctions))
         a, b = ends(merged)
         points, degree = np.unique(np.r_[a, b], return_counts=True)
-        still_open = ((a.imag == row) | (b.imag == row)) & (y1 < self.height)
-        self.open = list(merged[still_open])
-        self.junctions = np.intersect1d(np.union1d(points[degree >= 3], self.junctions),
-                                        np.r_[a[still_open], b[still_open]])
-        self.finish_lines(merged[~still_open])
+        reach = open_at(np.c_[np.r_[a, b].real, np.r_[a, b].imag])
+        still_open = reach[:len(a)] | reach[len(a):]
+        at_open = np.r_[a[still_open], b[still_open]]
+        found = np.intersect1d(points[degree >= 3], at_open)
+        self.junctions = np.intersect1d(np.union1d(found, self.junctions), at_open) if last else \
+            np.union1d(found, self.junctions)
+        self.finish(merged[~still_open])
+        return list(merged[still_open])
 
-    def finish_lines(self, lines: np.ndarray):
-        """Class by majority of the pixels (a tie is road), then simplify, 2D."""
+    def finish(self, lines: np.ndarray):
+        """Class by majority of the pixels (a tie is road); simplified; kept as plain coordinates."""
         import shapely
         if not len(lines):
             return
         xyz, idx = shapely.get_coordinates(lines, include_z=True, return_index=True)
         highway = np.bincount(idx, weights=(xyz[:, 2] == HIGHWAY).astype(float), minlength=len(lines))
         road = np.bincount(idx, weights=(xyz[:, 2] == ROAD).astype(float), minlength=len(lines))
-        simple = shapely.force_2d(shapely.simplify(lines, self.settings.simplify))
-        self.finished += [(HIGHWAY if h > r else ROAD, g) for h, r, g in zip(highway, road, simple)]
+        # in one direction whatever the merge's order, so that Douglas-Peucker picks the same vertices
+        simple = shapely.simplify(shapely.normalize(lines), self.settings.simplify)
+        xy, idx = shapely.get_coordinates(simple, return_index=True)
+        self.xy.append(xy)
+        self.sizes.append(np.bincount(idx, minlength=len(lines)))
+        self.cls.append(np.where(highway > road, HIGHWAY, ROAD).astype(np.uint8))
 
-    def result(self) -> list:
-        """The finished lines with spurs pruned: a line with a free end, shorter than Settings.spur,
-        whose other end is a junction or free too; then lines of one class meeting at a point that
-        no longer has a third line are joined."""
+    def result(self, chunk: int = 1 << 16):
+        """The finished lines, in lists of at most `chunk` (class, LineString), with spurs pruned: a
+        line with a free end shorter than Settings.spur goes (once, over the whole map), and lines of
+        one class left meeting two by two where a spur went are joined."""
         import shapely
-        if not self.finished:
-            return []
-        cls = np.array([c for c, _ in self.finished])
-        lines = np.array([g for _, g in self.finished], dtype=object)
-        a, b = ends(lines)
-        points, degree = np.unique(np.r_[a, b], return_counts=True)
-        deg_a, deg_b = degree[np.searchsorted(points, a)], degree[np.searchsorted(points, b)]
-        free = ((deg_a == 1) | (deg_b == 1)) & (a != b)
-        keep = ~(free & (shapely.length(lines) < self.settings.spur))
-        cls, lines = cls[keep], lines[keep]
-        a, b = ends(lines)
-        points, degree = np.unique(np.r_[a, b], return_counts=True)
-        junctions = points[degree >= 3]
-        out = []
+        if not self.sizes:
+            return
+        xy, sizes, cls = np.concatenate(self.xy), np.concatenate(self.sizes), np.concatenate(self.cls)
+        self.xy, self.sizes, self.cls = [], [], []
+        last = np.cumsum(sizes) - 1
+        first = last - sizes + 1
+        a, b = xy[first] @ [1, 1j], xy[last] @ [1, 1j]
+        step = np.r_[np.hypot(*np.diff(xy, axis=0).T), 0]
+        step[last] = 0  # from one line's end to the next line's start
+        length = np.add.reduceat(step, first)
+        degree_before = node_degrees(a, b)
+        free = ((degree_before(a) == 1) | (degree_before(b) == 1)) & (a != b)
+        keep = ~(free & (length < self.settings.spur))
+        degree = node_degrees(a[keep], b[keep])
+        rejoin = keep & (((degree(a) == 2) & (degree_before(a) >= 3)) | ((degree(b) == 2) & (degree_before(b) >= 3)))
+        junctions = np.unique(np.r_[a[keep], b[keep]])
+        junctions = junctions[degree(junctions) >= 3]
+        joined = []
         for c in (ROAD, HIGHWAY):
-            merged = shapely.get_parts(shapely.line_merge(shapely.multilinestrings(lines[cls == c])))
-            merged = cut_lines(merged, lambda xyz: np.isin(xyz[:, 0] + 1j * xyz[:, 1], junctions))
-            out += [(c, shapely.force_2d(g)) for g in merged]
-        return out
+            parts = [shapely.linestrings(xy[first[i]:last[i] + 1]) for i in np.flatnonzero(rejoin & (cls == c))]
+            merged = shapely.get_parts(shapely.line_merge(shapely.multilinestrings(np.array(parts, dtype=object))))
+            joined += [(c, g) for g in cut_lines(merged, lambda xyz: np.isin(xyz[:, 0] + 1j * xyz[:, 1], junctions))]
+        whole = np.flatnonzero(keep & ~rejoin)
+        for k in range(0, len(whole), chunk):
+            yield [(int(cls[i]), shapely.LineString(xy[first[i]:last[i] + 1])) for i in whole[k:k + chunk]]
+        if joined:
+            yield joined
+
+
+def node_degrees(a: np.ndarray, b: np.ndarray):
+    """A function giving, for points, how many of the lines with ends a and b end there."""
+    points, count = np.unique(np.r_[a, b], return_counts=True)
+
+    def degree(p: np.ndarray) -> np.ndarray:
+        i = np.minimum(np.searchsorted(points, p), len(points) - 1)
+        return np.where(points[i] == p, count[i], 0) if len(points) else np.zeros(len(p), np.int64)
+    return degree
 
 
 # ----------------------------------------------------------------------------------------------------
 # Blocks, strips and the whole raster
 
 
-def trace(read, height: int, width: int, settings: Settings, on_block=None, on_polygons=None,
+def trace(read, height: int, width: int, settings: Settings, on_block=None, on_polygons=None, on_lines=None,
           progress=None) -> tuple[list, list, int]:
     """Vectorise a class raster read by blocks: read(y0, y1, x0, x1) gives uint8 class ids (NODATA
     where there is no data) of any window. on_block(y0, x0, classes) sees each block's sieved
-    classes; on_polygons(list) takes finished polygons after each strip (else they are returned);
-    progress(done_rows, rows). Returns the polygons (or [] with on_polygons) and the centerlines, each
-    (class, geometry) in pixel coordinates, and the count of pixels of the AREAS classes."""
+    classes; on_polygons(list) takes the finished polygons after each strip, on_lines(list) the
+    centerlines in chunks at the end (else they are returned); progress(done_rows, rows). Returns the
+    polygons and centerlines not taken, each (class, geometry) in pixel coordinates, and the count of
+    pixels of the AREAS classes."""
     from skimage.morphology import skeletonize
+    tiles.fix_mmap_threshold()  # block-sized buffers go back to the OS when freed, as in the tile engine
     block, halo = settings.block, settings.halo()
     polygons, lines = PolygonTracer(height, width, settings.simplify), LineTracer(height, width, settings)
     kept, found = [], 0
@@ -429,7 +470,10 @@ def trace(read, height: int, width: int, settings: Settings, on_block=None, on_p
             kept += polygons.take()
         if progress is not None:
             progress(y1, height)
-    return kept, lines.result(), found
+    centerlines = []
+    for chunk in lines.result():
+        centerlines += chunk if on_lines is None else on_lines(chunk) or []
+    return kept, centerlines, found
 
 
 def layers(classes: np.ndarray, settings: Settings | None = None) -> Layers:
@@ -555,7 +599,7 @@ def metres_per_unit(crs) -> float | None:
         return None
 
 
-def to_geojson(gpkg: Path, path: Path, crs):
+def to_geojson(gpkg: Path, path: Path, crs, name: str):
     """Every layer of the GeoPackage as one RFC 7946 GeoJSON FeatureCollection (GDAL reprojects it
     to EPSG:4326, longitude first), with the layer's name on each feature. Held in memory whole."""
     import pyogrio
@@ -568,7 +612,12 @@ def to_geojson(gpkg: Path, path: Path, crs):
         for k, column in fields.items():
             column.append(np.full(len(wkb), layer, object) if k == "layer" else read.get(k, np.full(len(wkb), np.nan)))
     pyogrio.raw.write(path, np.concatenate(geoms), [np.concatenate(v) for v in fields.values()], list(fields),
-                      driver="GeoJSON", geometry_type="Unknown", crs=crs.to_wkt(), RFC7946="YES")
+                      layer=name, driver="GeoJSON", geometry_type="Unknown", crs=crs.to_wkt(), RFC7946="YES")
+
+
+def format_of(out: Path) -> str:
+    """The layers' format an output name asks for: geojson for .geojson or .json, else gpkg."""
+    return "geojson" if out.suffix.lower() in (".geojson", ".json") else "gpkg"
 
 
 def output_path(path: Path, flag: str, source: Path) -> Path:
@@ -613,23 +662,27 @@ def vectorise(path: Path, out: Path, classes: Path | None = None, fmt: str | Non
     path, out = Path(path), Path(out)
     settings = settings or Settings()
     settings.check()
-    fmt = fmt or ("geojson" if out.suffix.lower() in (".geojson", ".json") else "gpkg")
+    fmt = fmt or format_of(out)
     output_path(out, "--out", path)
     if classes is not None:
         output_path(Path(classes), "--classes", path)
+        if Path(classes).resolve() == out.resolve():
+            raise InputError(f"--classes {classes}: is --out too; give the class raster a name of its own")
     from rasterio.errors import NotGeoreferencedWarning
     with raster.rasterio_env(), warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)  # said below, in words
         ds = raster.open_raster(path)
         with ds:
             reader = MapReader(ds, path)
-            crs = ds.crs if raster.is_georeferenced(ds) else None
+            crs = ds.crs
             if fmt == "geojson" and crs is None:
                 raise InputError(f"{path}: has no CRS, and GeoJSON (RFC 7946) is in longitude and latitude; "
                                  f"write a GeoPackage (--out *.gpkg) instead")
-            if crs is None:
+            if not raster.is_georeferenced(ds):
                 raster.report(f"note: {path} is not georeferenced: the layers are in pixel coordinates "
                               f"(x: column, y: row), without metres")
+            elif crs is None:
+                raster.report(f"note: {path} has no CRS: the layers are in its grid's coordinates, without metres")
             elif metres_per_unit(crs) is None:
                 raster.report(f"note: {path} is in {crs.to_string()}, not in metres: area_m2 and length_m are empty")
             return write_layers(reader, path, out, None if classes is None else Path(classes), fmt, crs, settings,
@@ -654,15 +707,14 @@ def write_layers(reader: MapReader, path: Path, out: Path, classes: Path | None,
                 from rasterio.windows import Window
                 dst.write(core[None], window=Window(x0, y0, core.shape[1], core.shape[0]))
 
-            _, lines, found = trace(reader.read, ds.height, ds.width, settings, None if dst is None else write_classes,
-                                    layer_file.polygons, progress)
+            found = trace(reader.read, ds.height, ds.width, settings, None if dst is None else write_classes,
+                          layer_file.polygons, layer_file.lines, progress)[2]
             if not found:
                 raise InputError(f"{path}: no roads, highways, water or parks in it (every pixel is background "
                                  f"or nodata); nothing to vectorise")
-            layer_file.lines(lines)
             layer_file.close()
         if fmt == "geojson":
-            to_geojson(tmp, json_tmp, crs)
+            to_geojson(tmp, json_tmp, crs, out.stem)
         if work is not None:
             cog.publish(work, classes, "tif", resampling="mode")
         replace_durably(json_tmp if fmt == "geojson" else tmp, out)
@@ -716,8 +768,8 @@ def preview(path: Path, layers: Path, out: Path, size: int = 768):
 
 def main(argv=None):
     p = command_parser(__doc__.split("\n")[0])
-    p.add_argument("map", nargs="?", help="the map: predict.py's output (GeoTIFF or PNG) or a ground-truth map "
-                   "(any 8-bit RGB raster GDAL reads)")
+    p.add_argument("map", nargs="?", metavar="MAP", help="the map: predict.py's output (GeoTIFF or PNG) or a "
+                   "ground-truth map (any 8-bit RGB raster GDAL reads)")
     p.add_argument("--input", help="the map, instead of MAP")
     p.add_argument("--out", required=True, help="the layers: a GeoPackage (.gpkg), or GeoJSON (.geojson)")
     p.add_argument("--format", choices=["gpkg", "geojson"], help="gpkg: the map's CRS; geojson: RFC 7946, in "
@@ -735,7 +787,8 @@ def main(argv=None):
                    "shorter than this are pruned (0: keep all)")
     p.add_argument("--preview", help="also draw the layers over the map into this PNG (matplotlib, 768 px wide)")
     p.add_argument("--block", type=int, default=defaults.block, help="px side of the blocks read at once "
-                   "(a multiple of 512); memory grows with it, never with the map, and the result is the same")
+                   "(a multiple of 512); memory grows with it and with the largest connected patch, not with "
+                   "the map's area; the result is the same")
     args = p.parse_args(argv)
     if (args.map is None) == (args.input is None):
         p.error("give the map once: as MAP or as --input")
@@ -747,8 +800,10 @@ def main(argv=None):
     except InputError as e:
         p.error(str(e))
     source, out = Path(args.map or args.input), Path(args.out)
-    if args.format and args.format != ("geojson" if out.suffix.lower() in (".geojson", ".json") else "gpkg"):
+    if args.format and args.format != format_of(out):
         p.error(f"--format {args.format}: --out {out} has another suffix (.gpkg, or .geojson)")
+    if args.preview and format_of(out) != "gpkg":
+        p.error("--preview draws a GeoPackage's layers: give --out a .gpkg name")
     classes = None if args.no_classes else Path(args.classes or out.with_name(f"{out.stem}.classes.tif"))
     with tqdm(total=0, desc="vectorise", unit="row", dynamic_ncols=True, disable=None) as bar:
         def progress(done, rows):
