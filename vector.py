@@ -341,19 +341,19 @@ class LineTracer:
         steps = shapely.linestrings(xyz.reshape(-1, 3), indices=np.repeat(np.arange(len(xyz)), 2))
         rows = [r - 0.5 for r, inner in ((y0, y0 > 0), (y1, y1 < self.height)) if inner]
         cols = [c - 0.5 for c, inner in ((x0, x0 > 0), (x1, x1 < self.width)) if inner]
-        self.strip += self.split(steps, lambda xyz: np.isin(xyz[:, 1], rows) | np.isin(xyz[:, 0], cols), False)
+        self.strip += self.split(steps, lambda xyz: np.isin(xyz[:, 1], rows) | np.isin(xyz[:, 0], cols))
 
     def end_strip(self, y1: int):
         """Merge the lines the strip's cells left open, and those the strip above did; keep open
         those ending in the strip's last row, for the next strip."""
         row = y1 - 0.5 if y1 < self.height else np.nan
         lines, self.strip = self.strip + self.open, []
-        self.open = self.split(np.array(lines, dtype=object), lambda xyz: xyz[:, 1] == row, True)
+        self.open = self.split(np.array(lines, dtype=object), lambda xyz: xyz[:, 1] == row, strip_end=True)
 
-    def split(self, lines: np.ndarray, open_at, last: bool) -> list:
+    def split(self, lines: np.ndarray, open_at, strip_end: bool = False) -> list:
         """Merge lines, cut them at the remembered junctions and at the vertices where open_at(xy)
         (a later step can reach them); finish those that do not end there, and return the others.
-        The junctions they end at are remembered; `last`: the only ones left open anywhere."""
+        The junctions they end at are remembered (at the strip's end, only those: no other line is open)."""
         import shapely
         if not len(lines):
             return []
@@ -365,8 +365,9 @@ class LineTracer:
         still_open = reach[:len(a)] | reach[len(a):]
         at_open = np.r_[a[still_open], b[still_open]]
         found = np.intersect1d(points[degree >= 3], at_open)
-        self.junctions = np.intersect1d(np.union1d(found, self.junctions), at_open) if last else \
-            np.union1d(found, self.junctions)
+        self.junctions = np.union1d(found, self.junctions)
+        if strip_end:
+            self.junctions = np.intersect1d(self.junctions, at_open)
         self.finish(merged[~still_open])
         return list(merged[still_open])
 
@@ -472,7 +473,10 @@ def trace(read, height: int, width: int, settings: Settings, on_block=None, on_p
             progress(y1, height)
     centerlines = []
     for chunk in lines.result():
-        centerlines += chunk if on_lines is None else on_lines(chunk) or []
+        if on_lines is None:
+            centerlines += chunk
+        else:
+            on_lines(chunk)
     return kept, centerlines, found
 
 

@@ -157,6 +157,22 @@ def test_geotiff_keeps_its_grid_and_blocks_join_a_lake_and_a_road(tmp_path):
     assert fields["length_m"][0] == pytest.approx(1100 * np.hypot(1, 0.3) * 0.5, rel=0.02)
 
 
+def test_geojson_is_rfc7946_in_longitude_and_latitude(tmp_path):
+    """--out *.geojson: one FeatureCollection of every layer, each feature naming its layer, reprojected
+    to EPSG:4326 (the scene lies at 15 degrees east, 36 north), with the same areas as the GeoPackage."""
+    scene = write_tif(tmp_path / "scene.tif", map_picture())
+    vector.main([str(scene), "--out", str(tmp_path / "scene.geojson"), "--no-classes"])
+    vector.main([str(scene), "--out", str(tmp_path / "scene.gpkg"), "--no-classes", "--preview", str(tmp_path / "p.png")])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.png", "scene.geojson", "scene.gpkg", "scene.tif"]
+    geoms, fields, info = read_layer(tmp_path / "scene.geojson", None)
+    assert info["crs"] == "EPSG:4326" and sorted(fields["layer"]) == ["centerlines", "road", "water"]
+    x0, y0, x1, y1 = info["total_bounds"]
+    assert 14.9 < x0 < x1 < 15.1 and 36.1 < y0 < y1 < 36.2
+    water = list(fields["layer"]).index("water")
+    assert fields["area_m2"][water] == pytest.approx(read_layer(tmp_path / "scene.gpkg", "water")[1]["area_m2"][0])
+    assert Image.open(tmp_path / "p.png").width == 768
+
+
 def test_block_size_changes_nothing(tmp_path):
     """A mosaic of 15 real maps cut at 600 x 1100 px, vectorised in 512 px and in 1024 px blocks: the
     same polygons and centerlines, vertex for vertex."""
