@@ -13,17 +13,14 @@ shapely = pytest.importorskip("shapely")
 pyogrio = pytest.importorskip("pyogrio")
 import pyogrio.raw  # noqa: E402
 from rasterio.features import rasterize  # noqa: E402
-from rasterio.transform import from_origin  # noqa: E402
 from skimage.morphology import skeletonize  # noqa: E402
 
 import evaluate  # noqa: E402
 import palette  # noqa: E402
 import vector  # noqa: E402
 from conftest import SHARED_SAMPLE, map_picture  # noqa: E402
+from test_raster import CRS, write_tif  # noqa: E402
 from utils import run_command  # noqa: E402
-
-CRS = "EPSG:32633"
-TRANSFORM = from_origin(500000, 4000000, 0.5, 0.5)
 
 
 def read_layer(path, layer):
@@ -37,13 +34,6 @@ def sample_maps():
         pytest.skip(f"real maps sample not found at {SHARED_SAMPLE}")
     return [(f, np.asarray(Image.open(f).convert("RGB")).transpose(2, 0, 1).copy())
             for f in sorted(SHARED_SAMPLE.glob("*.png"))]
-
-
-def write_tif(path, rgb, **kw):
-    with rasterio.open(path, "w", driver="GTiff", width=rgb.shape[2], height=rgb.shape[1], count=3, dtype="uint8",
-                       crs=CRS, transform=TRANSFORM, **kw) as dst:
-        dst.write(rgb)
-    return path
 
 
 # ----------------------------------------------------------------------------------------------------
