@@ -38,8 +38,8 @@ AREAS = (WATER, PARK, HIGHWAY, ROAD)  # classes with a polygon layer each, named
 LINES = "centerlines"
 NODATA = 255  # the class raster's value where the map has no data
 CELL = 256  # px: polygons are traced per cell of this grid, whose lines keep their vertices (see docs/gis.md)
-SKELETON_HALO = 64  # px of context around a block for the skeleton: roads up to twice as wide trace as in one piece
-MIN_PALETTE_SHARE = 0.5  # a map has at least this share of its pixels in palette colours (photos: < 0.1)
+SKELETON_HALO = 64  # px of context around a block for its skeleton, far more than a road's half width
+MIN_PALETTE_SHARE = 0.25  # share of a map's pixels in palette colours at least (sample maps: > 0.95, photos: < 0.1)
 MAX_MIN_AREA = 1024  # px; the sieve's halo grows with --min-area
 
 
