@@ -44,6 +44,7 @@ import int8  # noqa: E402
 import predict  # noqa: E402
 import raster  # noqa: E402
 import tiles  # noqa: E402
+import vector  # noqa: E402
 from config import WEIGHTS_HELP, add_device, command_parser  # noqa: E402
 from generator import PRETRAINED  # noqa: E402
 from utils import Cancelled, InputError, pick_device, run_command, save_image  # noqa: E402
@@ -59,8 +60,8 @@ THEME = gr.themes.Soft(primary_hue="teal")
 CSS = """
 #title {text-align: center}
 #status {min-height: 1.5em}
-#map_png .empty, #map_tif .empty {min-height: 4rem !important; height: 4rem}
-#map_png .empty .icon, #map_tif .empty .icon {display: none}
+#map_png .empty, #map_tif .empty, #map_gpkg .empty {min-height: 4rem !important; height: 4rem}
+#map_png .empty .icon, #map_tif .empty .icon, #map_gpkg .empty .icon {display: none}
 """
 
 
@@ -286,10 +287,15 @@ def translate_file(models: Models, path: Path, label: str, args, progress, work:
         start = time.perf_counter()
         out = raster.predict_file(G, path, work, opts, progress=report, cancel=cancel)
         seconds = time.perf_counter() - start
-    png, tif = out, None
+    png, tif, gpkg, note = out, None, None, ""
     if out.suffix == ".tif":  # a georeferenced input: the COG as predict.py writes it, plus a PNG of it
         png, tif = work / f"{path.stem}.png", out
         cog.publish(out, png, "png")
+        gpkg = work / f"{path.stem}.gpkg"  # and its GIS layers, as predict.py --vector writes them
+        try:
+            vector.vectorise(out, gpkg, progress=lambda done, rows: vectorising(done, rows, progress, cancel))
+        except InputError as e:  # a map with nothing to vectorise keeps its map; the reason, without the path
+            gpkg, note = None, f" · no GIS layers: {str(e).split(': ', 1)[-1]}"
     if raster.is_picture(path):
         with Image.open(png) as result:
             width, height = result.size
@@ -300,8 +306,15 @@ def translate_file(models: Models, path: Path, label: str, args, progress, work:
             width, height = ds.width, ds.height
         size = preview_size(width, height)
         after, before = read_preview(out, size), read_preview(path, size, opts)
-    return {"png": png, "tif": tif, "before": before, "after": after, "seconds": seconds,
+    return {"png": png, "tif": tif, "gpkg": gpkg, "note": note, "before": before, "after": after, "seconds": seconds,
             "megapixels": width * height / 1e6, "size": (width, height)}
+
+
+def vectorising(done: int, rows: int, progress, cancel):
+    """vector.vectorise's progress: on the page, and the request's cancel hook asked at each step, so
+    that a client gone or a Stop ends the vectorising too."""
+    tiles.stop_if(cancel)
+    progress((done, rows), desc="vectorising", unit="rows")
 
 
 def geotiff_only(path: Path):
@@ -357,7 +370,7 @@ def build_app(weights: str | None = None, weights_dir: Path | str = "weights", d
                   value_range="", weights=weights, request: gr.Request = None, progress=gr.Progress()):
         """Translate an uploaded satellite image or GeoTIFF into a map (PNG first, then the
         before/after pair, the map, the Cloud-Optimized GeoTIFF of a georeferenced input, a status
-        line)."""
+        line, and the map's GIS layers as a GeoPackage for a georeferenced input)."""
         if not image:
             raise gr.Error("Upload a satellite image (PNG/JPEG) or a GeoTIFF first.")
         path = Path(image)
@@ -380,11 +393,12 @@ def build_app(weights: str | None = None, weights_dir: Path | str = "weights", d
             after = r["png"] if r["after"].size == r["size"] else Path(work) / "map.png"
             if after != r["png"]:  # a reduced preview
                 save_image(r["after"], after)
-            png, before, after, tif = publish_files([r["png"], Path(work) / "input.png", after, r["tif"]])
+            png, before, after, tif, gpkg = publish_files([r["png"], Path(work) / "input.png", after, r["tif"],
+                                                           r["gpkg"]])
         w, h = r["size"]
         status = (f"**{w}×{h} px** ({r['megapixels']:.2f} MP) in **{r['seconds']:.1f} s**: "
-                  f"{r['megapixels'] / max(r['seconds'], 1e-9):.2f} MP/s · {mode} mode · {weights}")
-        return png, (before, after), after, tif, status
+                  f"{r['megapixels'] / max(r['seconds'], 1e-9):.2f} MP/s · {mode} mode · {weights}{r['note']}")
+        return png, (before, after), after, tif, status, gpkg
 
     def stop(request: gr.Request):
         """Stop the translations this client session is running."""
@@ -440,10 +454,11 @@ def page(translate, stop, choices: dict, weights: str, examples, bound: str, que
                 with gr.Row():
                     png_out = gr.File(label="Map (PNG)", elem_id="map_png")
                     tif_out = gr.File(label="Map (Cloud-Optimized GeoTIFF)", elem_id="map_tif")
+                    gpkg_out = gr.File(label="Map layers (GeoPackage)", elem_id="map_gpkg")
                 with gr.Accordion("The map alone", open=False):
                     map_out = gr.Image(label="Map", type="filepath", format="png", elem_id="map")
         inputs = [image, mode_in, seed_in, tta_in, scale_in, gsd_in, bands_in, stretch_in, range_in, weights_in]
-        translating = button.click(translate, inputs, [png_out, slider, map_out, tif_out, status],
+        translating = button.click(translate, inputs, [png_out, slider, map_out, tif_out, status, gpkg_out],
                                    api_name="translate", concurrency_limit=concurrency)
         # not queued, so that a full queue or a busy slot never delays it
         stop_button.click(stop, None, None, api_name="stop", queue=False, cancels=[translating])

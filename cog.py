@@ -195,11 +195,11 @@ def with_overviews(work: Path, vrt: Path) -> Path:
     return vrt
 
 
-def publish(work: Path, out: Path, fmt: str, overviews=False):
+def publish(work: Path, out: Path, fmt: str, overviews=False, resampling="average"):
     """Turn the working GTiff into the final file: a Cloud-Optimized GeoTIFF (deflate, BLOCK px tiles,
-    overviews: the sink's when `overviews`, else made here; a plain tiled GTiff with overviews where
-    GDAL has no COG driver) or a PNG, written under a temp name in the output folder and renamed
-    into place."""
+    overviews: the sink's when `overviews`, else made here with `resampling`, a rasterio Resampling
+    name such as "mode" for classes; a plain tiled GTiff with overviews where GDAL has no COG driver)
+    or a PNG, written under a temp name in the output folder and renamed into place."""
     import rasterio
     import rasterio.shutil
     from rasterio.enums import Resampling
@@ -218,11 +218,11 @@ def publish(work: Path, out: Path, fmt: str, overviews=False):
             elif has_driver("COG"):
                 rasterio.shutil.copy(source, tmp, driver="COG", COMPRESS="DEFLATE", BLOCKSIZE=BLOCK,
                                      NUM_THREADS=threads, OVERVIEWS="FORCE_USE_EXISTING" if overviews else "AUTO",
-                                     OVERVIEW_RESAMPLING="AVERAGE", BIGTIFF="IF_SAFER")
+                                     OVERVIEW_RESAMPLING=resampling.upper(), BIGTIFF="IF_SAFER")
             else:
                 if not overviews:
                     with rasterio.open(work, "r+") as ds:
-                        ds.build_overviews(overview_factors(ds.width, ds.height), Resampling.average)
+                        ds.build_overviews(overview_factors(ds.width, ds.height), Resampling[resampling])
                 rasterio.shutil.copy(source, tmp, driver="GTiff", COPY_SRC_OVERVIEWS="YES", TILED="YES",
                                      NUM_THREADS=threads, COMPRESS="DEFLATE", BLOCKXSIZE=BLOCK, BLOCKYSIZE=BLOCK,
                                      BIGTIFF="IF_SAFER")

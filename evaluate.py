@@ -6,10 +6,10 @@
     python evaluate.py --weights sat2map --fid --inception-weights pt_inception-2015-12-05-6726825d.pth --out eval/
 
 Writes OUT/grid_input.png, grid_output.png, grid_target.png (3x8), grid_triplets.png (input | output |
-target per row), metrics.json, per_image.csv (pixel metrics and structure IoUs per image), and prints
-a table. Metrics are defined in docs/evaluation.md; `evaluate_pairs` computes them, here and in train.py's
-validation. A generator of grey images (--output-nc 1) gets the pixel metrics; the structure classes
-are colours of RGB maps. The official test.py's options work too (official.py).
+target per row), metrics.json, per_image.csv (pixel metrics, structure IoUs and GIS figures per image),
+and prints a table. Metrics are defined in docs/evaluation.md; `evaluate_pairs` computes them, here and in
+train.py's validation (which leaves out the GIS figures). A generator of grey images (--output-nc 1) gets the pixel metrics; the structure classes
+and the GIS figures are colours of RGB maps. The official test.py's options work too (official.py).
 """
 import csv
 import io
@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import shapely
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
@@ -28,34 +29,11 @@ import dataset
 import fid
 import int8
 import official
+import vector
 from config import WEIGHTS_HELP, add_device, command_parser
 from generator import channels, tta
+from palette import CLASSES, classify
 from utils import InputError, as_rgb, atomic_write_text, pick_device, run_command, save_grid
-
-# Google-map palette of the maps set, calibrated on ../shared/maps_sample (see docs/evaluation.md): several
-# prototypes per class; a pixel takes the class of its nearest prototype, and is background when no
-# prototype is within PALETTE_RADIUS.
-CLASSES = ("background", "road", "highway", "water", "park")
-PALETTE = {
-    "background": [(236, 228, 220), (244, 244, 236), (228, 228, 220), (236, 236, 228), (220, 220, 212)],
-    "road": [(252, 252, 252)],
-    "highway": [(252, 156, 36), (252, 228, 104)],
-    "water": [(176, 208, 252), (164, 198, 252)],
-    "park": [(204, 222, 176), (198, 222, 158)],
-}
-PALETTE_RADIUS = 24.0  # in 0-255 RGB units
-
-
-def classify(x: torch.Tensor) -> torch.Tensor:
-    """Map images (N, 3, H, W) in [-1, 1] -> class ids (N, H, W) by nearest palette colour."""
-    rgb = (x.float().clamp(-1, 1) + 1) * 127.5
-    protos = torch.tensor([c for name in CLASSES for c in PALETTE[name]], dtype=torch.float32, device=x.device)
-    owner = torch.tensor([i for i, name in enumerate(CLASSES) for _ in PALETTE[name]], device=x.device)
-    dist2 = (rgb.permute(0, 2, 3, 1).reshape(-1, 1, 3) - protos).pow(2).sum(-1)
-    best, idx = dist2.min(1)
-    cls = torch.where(best <= PALETTE_RADIUS ** 2, owner[idx], 0)
-    return cls.view(x.shape[0], *x.shape[2:])
-
 
 def gaussian_ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """SSIM of Wang et al. 2004 per image: 11x11 Gaussian window (sigma 1.5), K1 0.01, K2 0.03, data
@@ -120,11 +98,52 @@ def ious(inter, union) -> dict:
     return iou
 
 
+MATCH_PX = 2.0  # road length counts as found when within this many px of a road of the other map
+
+
+class GISFigures:
+    """The GIS figures of vector.py's layers, per image and over the split: road length (centerlines,
+    road and highway, in px), its completeness (share of the target's length within MATCH_PX of the
+    output's) and correctness (share of the output's within MATCH_PX of the target's), water and park
+    area (polygons, px^2). Both maps are vectorised alike, with vector.py's default settings."""
+    KEYS = ("road_len", "road_len_target", "road_complete", "road_correct", "water_area", "water_area_target",
+            "park_area", "park_area_target")
+
+    def __init__(self):
+        self.rows, self.matched, self.matched_target = [], 0.0, 0.0
+
+    def update(self, fake, real) -> dict:
+        """Add one image (1, 3, H, W) in [-1, 1]; returns its figures."""
+        fake_layers, real_layers = (vector.layers(classify(x)[0].cpu().numpy().astype(np.uint8)) for x in (fake, real))
+        roads = [shapely.union_all([g for _, g in layers.lines]) for layers in (fake_layers, real_layers)]
+        lengths = [r.length for r in roads]
+        matched = roads[0].intersection(roads[1].buffer(MATCH_PX)).length
+        matched_target = roads[1].intersection(roads[0].buffer(MATCH_PX)).length
+        self.matched, self.matched_target = self.matched + matched, self.matched_target + matched_target
+        row = {"road_len": lengths[0], "road_len_target": lengths[1],
+               "road_complete": matched_target / lengths[1] if lengths[1] else None,
+               "road_correct": matched / lengths[0] if lengths[0] else None}
+        for name, c in (("water", vector.WATER), ("park", vector.PARK)):
+            for suffix, layers in (("", fake_layers), ("_target", real_layers)):
+                row[f"{name}_area{suffix}"] = sum(g.area for k, g in layers.polygons if k == c)
+        self.rows.append(row)
+        return row
+
+    def result(self) -> dict:
+        """Lengths and areas averaged over the images; completeness and correctness over the split's
+        total lengths (None where there is no road to measure)."""
+        mean = {k: sum(r[k] for r in self.rows) / len(self.rows) for k in self.KEYS if "road_c" not in k}
+        total, total_target = (sum(r[k] for r in self.rows) for k in ("road_len", "road_len_target"))
+        return {**mean, "road_complete": self.matched_target / total_target if total_target else None,
+                "road_correct": self.matched / total if total else None}
+
+
+
 def evaluate_pairs(G, pairs, direction="AtoB", device="cpu", paper=True, seed=0, keep=(), inception=None,
-                   desc=None, use_tta=False):
+                   desc=None, use_tta=False, gis=False):
     """Translate every pair at 256x256 (one image per call, as the paper tests) and measure it. The
     halves are decoded with the channels G takes and gives (generator.channels); the structure IoUs are
-    measured for RGB outputs only.
+    measured for RGB outputs only, and so are the GIS figures (GISFigures) where gis is set.
 
     paper=True is the paper's test-time mode with dropout seeded by seed + index (generator.inference:
     G's running statistics and the caller's RNG streams are left as they were). inception (from
@@ -137,7 +156,8 @@ def evaluate_pairs(G, pairs, direction="AtoB", device="cpu", paper=True, seed=0,
     device, G = torch.device(device), backends.as_net(G)
     halves = dataset.pair_channels(direction, *channels(G))
     rows, kept, feats = [], {}, ([], [])
-    iou = StructureIoU() if channels(G)[1] == 3 else None
+    rgb = channels(G)[1] == 3
+    iou, figures = StructureIoU() if rgb else None, GISFigures() if gis and rgb else None
     for i, pair in enumerate(tqdm(pairs, desc=desc, unit="img", disable=desc is None)):
         try:
             x = dataset.decode_pair(pair, 256, halves)[None].to(device).float() / 127.5 - 1
@@ -150,7 +170,8 @@ def evaluate_pairs(G, pairs, direction="AtoB", device="cpu", paper=True, seed=0,
             fake_B = tta(G, real_A, separate=paper) if use_tta else G(real_A).float()
         m = pixel_metrics(fake_B, real_B)
         rows.append({"name": pair.name, **{k: v.item() for k, v in m.items()},
-                     **(iou.update(fake_B, real_B) if iou is not None else {})})
+                     **(iou.update(fake_B, real_B) if iou is not None else {}),
+                     **(figures.update(fake_B, real_B) if figures is not None else {})})
         if inception is not None:
             feats[0].append(fid.features(inception, as_rgb(fake_B)))
             feats[1].append(fid.features(inception, as_rgb(real_B)))
@@ -161,6 +182,8 @@ def evaluate_pairs(G, pairs, direction="AtoB", device="cpu", paper=True, seed=0,
     metrics = {k: sum(r[k] for r in rows) / len(rows) for k in m}
     if iou is not None:
         metrics.update(iou.result())  # over the split, not a mean of the images' IoUs
+    if figures is not None:
+        metrics.update(figures.result())
     if inception is not None:
         metrics.update(fid.scores(np.concatenate(feats[0]), np.concatenate(feats[1])))
     return metrics, rows, kept
@@ -186,6 +209,8 @@ def parser():
     p.add_argument("--fid", action="store_true", help="also FID and KID of the outputs against the targets")
     p.add_argument("--inception-weights", default=None, help=f"{fid.WEIGHTS_NAME} for --fid "
                    "(default: the torch hub cache, where pytorch-fid keeps it)")
+    p.add_argument("--no-gis", action="store_true", help="leave out the GIS figures (road length, completeness, "
+                   "correctness, water and park area: vector.py's layers of output and target)")
     backends.add_flags(p, "--eval", "default: the input halves of the pairs")
     add_device(p)
     return official.register(p, "evaluate")
@@ -220,7 +245,8 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     try:
         metrics, rows, kept = evaluate_pairs(G, pairs, direction, device, paper=not args.eval, seed=args.seed,
-                                             keep=chosen, inception=inception, use_tta=args.tta, desc=f"evaluate {split}")
+                                             keep=chosen, inception=inception, use_tta=args.tta,
+                                             desc=f"evaluate {split}", gis=not args.no_gis)
     except InputError as e:
         raise InputError(f"{Path(root) / split}: {e}") from None
     grid = {key: [kept[i][k] for i in sorted(kept)] for k, key in enumerate(("input", "output", "target"))}
@@ -239,10 +265,11 @@ def main(argv=None):
     w.writeheader()
     w.writerows(rows)
     atomic_write_text(out / "per_image.csv", table.getvalue())
-    print(f"{'metric':<16}{'value':>10}")
+    width = max(len(k) for k in metrics) + 2
+    print(f"{'metric':<{width}}{'value':>10}")
     for k, v in metrics.items():
         if isinstance(v, float) or v is None:
-            print(f"{k:<16}{'n/a' if v is None or math.isnan(v) else f'{v:.4f}':>10}")
+            print(f"{k:<{width}}{'n/a' if v is None or math.isnan(v) else f'{v:.4f}':>10}")
     print(f"ran on {choice}; wrote grids, metrics.json and per_image.csv to {out}")
 
 

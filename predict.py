@@ -4,12 +4,14 @@
     python predict.py --weights sat2map --input folder/ --out out/ --eval --scale 0.43
     python predict.py --weights sat2map --input data/maps/val --pairs --out out/
     python predict.py --weights sat2map --input scene.tif --out out/ --bands 3,2,1 --gsd 1.2 --eval
+    python predict.py --weights sat2map --input scene.tif --out out/ --vector    # out/scene.tif and out/scene.gpkg
     torchrun --nproc-per-node 4 predict.py --weights sat2map --input region/ --out out/ --eval
 
 PNG/JPEG go through PIL, anything else GDAL reads (GeoTIFF, VRT, JP2, ...) through rasterio, window by
 window; both run the tile engine of tiles.py (overlapping tiles blended with a smooth window). A
 georeferenced input gives OUT/<stem>.tif on its own grid, masked where it has no data; a generator of
-grey images (--input-nc / --output-nc 1 in training) takes one band and writes one. Under torchrun
+grey images (--input-nc / --output-nc 1 in training) takes one band and writes one; --vector adds
+OUT/<stem>.gpkg, the map's GIS layers (vector.py, docs/gis.md). Under torchrun
 the processes share the files out by pixel count and cut a raster larger than a fair share into bands
 of tile rows, one per process; rank 0 joins the bands. The output is the one-process output
 (docs/inference-at-scale.md). Ctrl-C stops at the next tile and leaves no half-written file.
@@ -28,6 +30,7 @@ import int8
 import official
 import raster
 import tiles
+import vector
 from config import WEIGHTS_HELP, add_device, command_parser
 from generator import channels, load_generator
 from utils import Cancelled, InputError, gather_objects, init_distributed, made_folder, pick_device, run_command
@@ -80,6 +83,8 @@ def parser():
                    "before any: the larger of their size and their size after --scale/--gsd, for PNG/JPEG and "
                    f"rasters alike (default: {dataset.MAX_PIXELS / 1e6:.0f} for PNG/JPEG, PIL's guard against "
                    "decompression bombs, as they are decoded whole; none for rasters, read window by window)")
+    p.add_argument("--vector", action="store_true", help="also vectorise each map into OUT/<stem>.gpkg (vector.py's "
+                   "layers with its defaults: water, park, highway and road polygons, road centerlines)")
     backends.add_flags(p)
     add_device(p)
     return official.register(p, "predict")
@@ -146,7 +151,7 @@ def run(args, opts: raster.Options, files: list[Path]) -> int:
         official.check_generator(config, args.expect, args.weights)
         opts.direction = args.direction or config["direction"]
         with made_folder(out_dir), bounds.ctrl_c_stops() as stop:  # the folder goes again if every input is skipped
-            failed = translate_files(G, files, out_dir, opts, rank, world, stop)
+            failed = translate_files(G, files, out_dir, opts, rank, world, stop, args.vector)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
@@ -189,17 +194,21 @@ def share_work(files: list[Path], opts: raster.Options, world: int) -> list[list
 
 
 def translate_files(G, files: list[Path], out_dir: Path, opts: raster.Options, rank: int, world: int,
-                    cancel=None) -> int:
-    """Translate this process's share of the files; rank 0 then joins the parts of shared rasters and
-    reports every failed input once. Returns the number of inputs that failed. cancel: the engine's
-    cancel hook (tiles.Engine.run); once it says stop, Cancelled ends the whole job."""
+                    cancel=None, layers: bool = False) -> int:
+    """Translate this process's share of the files (and vectorise each finished map, with `layers`);
+    rank 0 then joins the parts of shared rasters and reports every failed input once. Returns the
+    number of inputs that failed. cancel: the engine's cancel hook (tiles.Engine.run); once it says
+    stop, Cancelled ends the whole job."""
     work = gather_objects(share_work(files, opts, world) if rank == 0 else None)[0]
     progress = JobProgress(sum(px for units in work for _, _, px in units), rank, world)
     failures = {}
     for i, part, px in work[rank]:
         try:
             bounds.check_size(files[i], opts)
-            raster.predict_file(G, files[i], out_dir, opts, progress=progress.unit(px), part=part, cancel=cancel)
+            out = raster.predict_file(G, files[i], out_dir, opts, progress=progress.unit(px), part=part,
+                                      cancel=cancel)
+            if layers and part is None:
+                vector.vectorise(out, out.with_suffix(".gpkg"))
         except InputError as e:  # dataset.DataError is one too
             failures.setdefault(i, str(e))
         except Cancelled as e:
@@ -216,7 +225,9 @@ def translate_files(G, files: list[Path], out_dir: Path, opts: raster.Options, r
                 raster.discard_parts(files[i], out_dir, n)
                 continue
             try:
-                raster.assemble(files[i], out_dir, opts, n, channels(G)[0])
+                out = raster.assemble(files[i], out_dir, opts, n, channels(G)[0])
+                if layers:
+                    vector.vectorise(out, out.with_suffix(".gpkg"))
             except InputError as e:
                 failures[i] = str(e)
         for i in sorted(failures):

@@ -100,6 +100,19 @@ def make_dataset(root, n_train=4, n_val=2, **kw):
     return Path(root)
 
 
+def map_picture(h=700, w=1100) -> np.ndarray:
+    """A map (3, h, w) uint8 in the palette's colours: beige ground, a round lake (radius 90 px at
+    x 530, y 500) and a straight road 9 px wide (y = 150 + 0.3 x), so that 512 px blocks and 256 px
+    cells cut both."""
+    from palette import PALETTE
+    yy, xx = np.mgrid[:h, :w]
+    rgb = np.empty((3, h, w), np.uint8)
+    rgb[:] = np.array(PALETTE["background"][0], np.uint8)[:, None, None]
+    rgb[:, (yy - 500) ** 2 + (xx - 530) ** 2 < 90 ** 2] = np.array(PALETTE["water"][0], np.uint8)[:, None]
+    rgb[:, np.abs(yy - (150 + 0.3 * xx)) < 4.5] = np.array(PALETTE["road"][0], np.uint8)[:, None]
+    return rgb
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "cuda: needs a CUDA GPU (skipped where none is visible; .ci/gpu runs them)")
 

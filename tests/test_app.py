@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT, SHARED_SAMPLE, free_port, launch_chromium, make_geotiff, tiny_generator
+from conftest import ROOT, SHARED_SAMPLE, free_port, launch_chromium, make_geotiff, map_picture, tiny_generator
 
 gr = pytest.importorskip("gradio", reason="the app needs gradio (pip install -r requirements.txt)")
 gradio_client = pytest.importorskip("gradio_client")
@@ -144,12 +144,14 @@ def test_api_gives_predicts_map_in_either_mode(server, client, tmp_path):
     src = picture(tmp_path / "scene.png")  # 300x200: two tile columns, padded rows
     for mode, flags in (("eval", ["--eval"]), (None, [])):  # None: the API's default, the paper mode
         kw = {} if mode is None else {"mode": mode}
-        png, (before, after), shown, tif, status = client.predict(image=handle_file(src), api_name="/translate", **kw)
+        png, (before, after), shown, tif, status, gpkg = client.predict(image=handle_file(src), api_name="/translate",
+                                                                        **kw)
         expected = pixels(run_predict(server.weights, src, tmp_path / (mode or "paper"), *flags) / "scene.png")
         assert np.array_equal(pixels(png), expected), mode
         assert np.array_equal(pixels(shown), expected) and np.array_equal(pixels(after), expected)
         assert np.array_equal(pixels(before), np.asarray(Image.open(src).convert("RGB")))
-        assert tif is None and "300×200 px" in status and "MP/s" in status and str(server.root) not in status
+        assert tif is None and gpkg is None and "300×200 px" in status and "MP/s" in status
+        assert str(server.root) not in status
     paper = pixels(tmp_path / "paper" / "scene.png")
     assert not np.array_equal(paper, pixels(tmp_path / "eval" / "scene.png"))  # the mode reached the engine
 
@@ -175,12 +177,40 @@ def test_georeferenced_input_gives_predicts_cog_and_a_png_of_it(server, client, 
     with rasterio.open(src, "w", driver="GTiff", width=200, height=150, count=3, dtype="uint8",
                        crs="EPSG:3857", transform=from_origin(1000, 2000, 1.5, 1.5)) as ds:
         ds.write(rgb)
-    png, _, _, tif, _ = client.predict(image=handle_file(src), mode="eval", api_name="/translate")
+    png, _, _, tif, status, gpkg = client.predict(image=handle_file(src), mode="eval", api_name="/translate")
     expected = run_predict(server.weights, src, tmp_path / "out", "--eval") / "scene.tif"
     with rasterio.open(tif) as got, rasterio.open(expected) as want:
         assert got.crs == want.crs and got.transform == want.transform
         assert np.array_equal(got.read(), want.read())
         assert np.array_equal(pixels(png), got.read().transpose(1, 2, 0))
+    assert (gpkg is None) == ("no GIS layers" in status)  # a random generator's map may be no map
+
+
+def test_georeferenced_map_comes_with_its_gis_layers(client, tmp_path, monkeypatch):
+    """The GeoPackage offered beside the COG holds vector.py's layers of that map (a stand-in engine
+    draws a known map on the upload's grid)."""
+    rasterio = pytest.importorskip("rasterio")
+    raw = pytest.importorskip("pyogrio.raw")
+    import vector
+    from rasterio.transform import from_origin
+    src = tmp_path / "scene.tif"
+    profile = dict(driver="GTiff", width=400, height=300, count=3, dtype="uint8", crs="EPSG:32633",
+                   transform=from_origin(500000, 4000000, 0.5, 0.5))
+    with rasterio.open(src, "w", **profile) as ds:
+        ds.write(np.full((3, 300, 400), 90, np.uint8))
+
+    def draw_map(G, path, out_dir, opts, **kw):
+        with rasterio.open(out_dir / f"{path.stem}.tif", "w", **profile) as ds:
+            ds.write(map_picture(300, 400))
+        return out_dir / f"{path.stem}.tif"
+
+    monkeypatch.setattr(app.raster, "predict_file", draw_map)
+    _, _, _, tif, status, gpkg = client.predict(image=handle_file(src), mode="eval", api_name="/translate")
+    assert gpkg is not None and "no GIS layers" not in status
+    vector.vectorise(tif, tmp_path / "direct.gpkg")
+    for layer in ("road", "centerlines"):
+        got, want = (raw.read(f, layer=layer) for f in (gpkg, tmp_path / "direct.gpkg"))
+        assert len(got[2]) == 1 and list(got[2]) == list(want[2]) and got[0]["crs"] == want[0]["crs"] == "EPSG:32633"
 
 
 def test_bad_uploads_get_a_message_and_the_server_keeps_serving(client, tmp_path):
