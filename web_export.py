@@ -108,6 +108,8 @@ def calibration_tiles(folder: Path, pairs: bool, config: dict) -> torch.Tensor:
     """CALIBRATION_TILES tiles (N, 3, TILE, TILE) in [-1, 1] of the pictures or rasters in folder, read
     as predict.py reads them (with `pairs`, the input half of each A|B pair): int8's own choice of
     tiles (int8.calibration_tiles)."""
+    if not folder.is_dir():
+        raise InputError(f"--calibrate {folder}: expected a folder of satellite pictures or rasters")
     opts = raster.Options(Engine(TILE, OVERLAP), pairs=pairs, direction=config["direction"])
     return int8.calibration_tiles(raster.input_files(folder), opts, CALIBRATION_TILES, config["input_nc"])
 

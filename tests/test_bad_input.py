@@ -108,7 +108,7 @@ CASES = [
     ("export", ["--weights", "{c}/G.pt", "--web", "{c}/g.txt"], "--web {c}/g.txt: expected a NAME.onnx file name"),
     ("export", ["--weights", "{c}/G.pt", "--web", "{c}/g.onnx", "--int8"], "--web {c}/g.onnx: int8 weights (--int8)"),
     ("export", ["--weights", "{c}/G.pt", "--web", "{c}/g.onnx", "--calibrate", "{c}/nowhere"],
-     "--calibrate {c}/nowhere: expected a folder of PNG/JPEG satellite pictures"),
+     "--calibrate {c}/nowhere: expected a folder of satellite pictures or rasters"),
     ("dataset", ["combine", "{c}/A", "{c}/B", "{c}/ab"], "{c}/A/x.jpg: cannot decode"),
     ("dataset", ["check", "{c}/nowhere"], "{c}/nowhere: no split folders"),
     ("dataset", ["combine", "{c}/A", "{c}/B", "{c}/a_file"], "{c}/a_file"),

@@ -11,10 +11,10 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 
+import backends
 import bench
 import cache
 import dataset
-import predict
 import train as train_mod
 from config import Config
 from conftest import make_dataset, train
@@ -43,7 +43,7 @@ def test_auto_amp_is_bf16_only_from_compute_capability_8(monkeypatch, capability
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
     assert amp_dtype("auto", torch.device("cuda")) == expected
     assert amp_dtype("off", torch.device("cuda")) is None and amp_dtype("bf16", torch.device("cuda")) == torch.bfloat16
-    assert predict.amp_dtype is bench.amp_dtype is train_mod.amp_dtype is amp_dtype  # one rule everywhere
+    assert backends.amp_dtype is bench.amp_dtype is train_mod.amp_dtype is amp_dtype  # one rule everywhere
 
 
 def test_saved_files_hold_cpu_tensors_whatever_device_trained(tmp_path, monkeypatch):
