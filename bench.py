@@ -8,8 +8,9 @@ and (--data) the data path against dataset size.
 
 Reference: eager float32, contiguous memory, the PIL data path (decode + resize every step),
 PyTorch's default Adam, no compile. Ours: the train.py defaults for training (cached uint8 pairs
-jittered on the device, channels-last, the --amp auto autocast (utils.amp_dtype: bf16 where the device
-runs it fast, fp16 with a GradScaler on GPUs before compute capability 8), fused Adam) and, for
+jittered on the device, --channels-last auto (channels-last on a GPU, contiguous on a CPU), the --amp
+auto autocast (utils.amp_dtype: bf16 where the device runs it fast, fp16 with a GradScaler on GPUs
+before compute capability 8), fused Adam) and, for
 inference, what predict.py --eval runs with --backend (default auto: the path its probe found fastest
 on this machine; on a GPU, the weights in the --amp auto dtype, channels-last), plus --compile (torch).
 On a CPU every inference path is a row of its own, timed as the tile engine runs it (tiles.run_tiles):
@@ -47,7 +48,7 @@ from config import Config, add_device, command_parser
 from discriminator import Discriminator
 from generator import Generator, init_weights, load_generator
 from tiles import run_tiles
-from train import gan_step, to_pair
+from train import gan_step, to_pair, training_layout
 from utils import InputError, amp_dtype, pick_device, run_command, set_determinism
 
 # Pass marks. CPU: against the reference on the same machine, by hardware class: with native bf16
@@ -102,7 +103,7 @@ def make_pairs(folder: Path, n: int, size=(1200, 600), quality=90) -> list:
 def train_setup(device, fast: bool, compile_mode: str, cfg: Config, ngf=64):
     torch.manual_seed(0)
     G, D = init_weights(Generator(3, 3, ngf)).to(device), init_weights(Discriminator(6, ngf)).to(device)
-    fmt = torch.channels_last if fast else torch.contiguous_format
+    fmt = training_layout(cfg.channels_last, device)[0] if fast else torch.contiguous_format
     G, D = G.to(memory_format=fmt), D.to(memory_format=fmt)
     adam = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=True if fast else None)
     opt_G, opt_D = torch.optim.Adam(G.parameters(), **adam), torch.optim.Adam(D.parameters(), **adam)

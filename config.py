@@ -106,7 +106,8 @@ class Config:
     device: str = opt("auto", "auto: cuda, then mps, then cpu", choices=DEVICES)
     amp: str = opt("auto", "mixed precision; auto: bf16 where the device runs it fast, else off",
                    choices=["auto", "bf16", "fp16", "off"])
-    channels_last: str = opt("auto", "NHWC memory format; auto: on", choices=["auto", "on", "off"])
+    channels_last: str = opt("auto", "NHWC memory format; auto: on a GPU, off on a CPU (where it trains "
+                             "slower; docs/performance.md)", choices=["auto", "on", "off"])
     deterministic: bool = opt(False, "deterministic kernels only (cuDNN, cuBLAS; cudnn.benchmark off) so a "
                               "GPU run repeats bit for bit; costs speed (see docs/training.md)")
     compile: str = opt("off", "torch.compile the networks; reduce-overhead adds CUDA graphs",

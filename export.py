@@ -6,14 +6,18 @@
 Batch, height and width are dynamic; height and width must be multiples of 256 (128 for unet_128, 4 for
 the ResNet generators). PyTorch's exporter (torch.export, then onnxscript) traces the generator on
 --device. The exported model is run with onnxruntime on a random input (--seed) and compared with
-PyTorch float32 on the CPU before the command succeeds. --web writes the browser-sized model and its
+PyTorch float32 on the CPU before the command succeeds. The U-Net's transposed convolutions are
+written as convolutions (SubPixelUp): the same sums, in the form ONNX Runtime runs in int8 (--int8). --web writes the browser-sized model and its
 card instead (web_export.py).
 """
+import copy
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
 
 from config import WEIGHTS_HELP, add_device, command_parser
 from generator import channels, load_generator
@@ -23,15 +27,52 @@ MISSING = ("onnx and onnxruntime are needed for the export: pip install -r requi
            "(or pip install onnx onnxruntime onnxscript)")
 
 
+class SubPixelUp(nn.Module):
+    """A ConvTranspose2d of kernel 4, stride 2, padding 1 (the U-Net's up-sampling) as one convolution
+    and a pixel shuffle. Output row 2m + a sums input rows m - 1 + a and m + a (kernel rows 3 - a and
+    1 - a), and so for columns: each of the four output phases (a, b) is a 2x2 convolution of the input
+    padded by 1, and the four are one convolution with four times the output channels. The sums are
+    the transposed convolution's; ONNX Runtime quantizes a Conv to int8, while it runs a ConvTranspose
+    in float32 between a dequantize and a quantize, which made the int8 model slower than float32."""
+    TAPS = ((3, 1), (2, 0))  # kernel rows (columns) of the 2x2 taps of phase a (b) = 0, 1
+
+    def __init__(self, up: nn.ConvTranspose2d):
+        super().__init__()
+        w = up.weight.detach()  # (C_in, C_out, 4, 4)
+        phases = [w[:, :, self.TAPS[a]][..., self.TAPS[b]] for a in (0, 1) for b in (0, 1)]  # (C_in, C_out, 2, 2)
+        # output channel o * 4 + phase: the order pixel_shuffle reads
+        self.weight = nn.Parameter(torch.stack(phases, 2).permute(1, 2, 0, 3, 4).flatten(0, 1).contiguous())
+        self.bias = None if up.bias is None else nn.Parameter(up.bias.detach().repeat_interleave(4))
+
+    def forward(self, x):  # (N, C_in, H, W) -> (N, C_out, 2H, 2W)
+        h, w = x.shape[-2:]
+        y = F.conv2d(F.pad(x, (1, 1, 1, 1)), self.weight, self.bias).unflatten(1, (-1, 4))  # (N, C_out, 4, H+1, W+1)
+        y = torch.stack([y[:, :, 0, :h, :w], y[:, :, 1, :h, 1:], y[:, :, 2, 1:, :w], y[:, :, 3, 1:, 1:]], 2)
+        return F.pixel_shuffle(y.flatten(1, 2), 2)
+
+
+def for_export(G: nn.Module) -> nn.Module:
+    """A copy of G in eval mode with every ConvTranspose2d(kernel 4, stride 2, padding 1) a SubPixelUp
+    (the ResNet generators' transposed convolutions stay as they are)."""
+    G = copy.deepcopy(G).eval()
+    for parent in list(G.modules()):
+        for name, m in list(parent.named_children()):
+            if isinstance(m, nn.ConvTranspose2d) and (m.kernel_size, m.stride, m.padding, m.output_padding,
+                                                      m.groups, m.dilation) == ((4, 4), (2, 2), (1, 1), (0, 0), 1, (1, 1)):
+                setattr(parent, name, SubPixelUp(m))
+    return G
+
+
 def export(G, path, opset=18):
-    """Write G (in eval mode) to path with dynamic batch, height and width, via a temp file renamed
-    into place: a failed export leaves no half-written model. PyTorch's exporter (torch.export, then
-    onnxscript) traces G where it is (the device of its weights)."""
+    """Write G in eval mode (for_export: its transposed convolutions as convolutions) to path with
+    dynamic batch, height and width, via a temp file renamed into place: a failed export leaves no
+    half-written model. PyTorch's exporter (torch.export, then onnxscript) traces G where it is (the
+    device of its weights); G itself is left as it was."""
     try:
         import onnx  # noqa: F401  (torch.onnx.export needs it)
     except ImportError:
         raise InputError(MISSING) from None
-    G = G.eval()
+    G = for_export(G)
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     x = torch.zeros(1, channels(G)[0], 256, 256, device=next(G.parameters()).device)  # tracing runs G where it is

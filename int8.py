@@ -101,8 +101,11 @@ class TileReader:
 def quantize_int8(fp32_onnx: Path, out: Path, tiles) -> Path:
     """An int8 model of the float32 ONNX model fp32_onnx, written to `out` (atomically): ONNX Runtime's
     pre-processing (shape inference, graph optimisation: BatchNorm folded into the convolutions), then
-    static quantization in QDQ format, int8 activations and per-channel int8 weights, with activation
-    ranges (MinMax) calibrated on tiles: float32 (N, C, H, W) in [-1, 1], an array or a tensor."""
+    static quantization in QDQ format, uint8 activations and per-channel int8 weights, with activation
+    ranges (MinMax) calibrated on tiles: float32 (N, C, H, W) in [-1, 1], an array or a tensor. uint8
+    activations against int8 weights are what ONNX Runtime's x86 kernels multiply natively (VNNI's
+    unsigned-by-signed dot product): on an AMD Zen 4 the full-size U-Net ran 2.7x faster than float32
+    with them, 1.2x with int8 activations (docs/performance.md)."""
     import onnxruntime as ort
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -119,7 +122,7 @@ def quantize_int8(fp32_onnx: Path, out: Path, tiles) -> Path:
         # symbolic shape inference cannot follow the dynamic height and width: ONNX's own inference does
         quant_pre_process(str(fp32_onnx), pre, skip_symbolic_shape=True)
         quantize_static(pre, tmp, TileReader(input_name, tiles), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
         ordinary_mode(tmp)
         replace_durably(tmp, out)
     finally:
@@ -181,7 +184,7 @@ def open_int8(fp32_onnx: Path, weights: Path, tiles: torch.Tensor, log=None):
     """(net, Cost): the int8 model of the weights' float32 export calibrated on `tiles`, made once and
     cached beside the export (keyed by the export and the tiles' hash), and its cost, measured and
     told to `log`."""
-    settings = {"fp32": fp32_onnx.name, "format": "QDQ", "per_channel": True, "activations": "QInt8",
+    settings = {"fp32": fp32_onnx.name, "format": "QDQ", "per_channel": True, "activations": "QUInt8",
                 "weights": "QInt8", "method": "MinMax", "tiles": tiles_digest(tiles)}
     path = backends.cached_model(weights, "int8.onnx", settings, lambda p: quantize_int8(fp32_onnx, p, tiles), log)
     net = backends.OrtNet(path)

@@ -164,7 +164,8 @@ def test_name_defaults_to_data_folder_and_config_shows_resolved_auto(tmp_path, d
     train("--data-root", data, "--run-dir", tmp_path / "r", "--max-steps", 1)
     resolved = json.loads((tmp_path / "r" / "config.json").read_text())["resolved"]
     assert resolved["device"] == "cpu" and resolved["amp"] in ("bf16", "off")
-    assert resolved["channels_last"] == "on"
+    assert resolved["channels_last"] == "off" and resolved["why"]["channels_last"].startswith("auto: contiguous on a CPU")
+    assert resolved["why"]["amp"].startswith("auto: ")
 
 
 def test_non_utf8_file_names_train_and_check(tmp_path, data):
