@@ -247,12 +247,17 @@ def main_speed(args):
         pairs = make_pairs(Path(tmp) / "train", 8)
         ref_t = bench_train(pairs, device, False, "off", 2 if not gpu else 5, min_time, ref_cfg)
         our_t = bench_train(pairs, device, True, args.compile, warmup, min_time, cfg)
+        # the other memory layout, so the table shows what --channels-last auto chose against
+        other = "on" if training_layout("auto", device)[0] == torch.contiguous_format else "off"
+        other_t = bench_train(pairs, device, True, args.compile, warmup, min_time,
+                              Config(data_cache="memory", compile=args.compile, channels_last=other))
         mapped_data = bench_train(pairs, device, True, "off", 1, min_time / 4, cfg, Path(tmp) / "cache", ngf=8)[4]
     ref_i = bench_infer(device, False, "off", batch, 2, min_time)
     our_i, paths, choice = ours_infer(device, hw, args, batch, warmup, min_time, ref_i[2])
     train_precision = PRECISIONS[our_t[3] or torch.float32]
-    rows = [("reference train", 1, ref_t, "float32", ref_t), ("ours train", 1, our_t, train_precision, ref_t),
-            ("reference infer", batch, ref_i, "float32", ref_i)]
+    rows = [("reference train", 1, ref_t, "float32", ref_t),
+            (f"train channels-last {other}", 1, other_t, train_precision, ref_t),
+            ("ours train", 1, our_t, train_precision, ref_t), ("reference infer", batch, ref_i, "float32", ref_i)]
     rows += [(f"infer {label}", batch, (median, iqr, ref_i[2]), precision, ref_i)
              for label, (median, iqr, precision) in paths.items()]
     rows += [("ours infer", batch, our_i, our_i[3], ref_i)]
@@ -264,6 +269,7 @@ def main_speed(args):
               + (", and int8 against float32" if hw.int8 else ""))
     print("peak (matmul, measured now): " + ", ".join(f"{p} {tf:.2f} {'TOP' if p == 'int8' else 'TFLOP'}/s"
                                                       for p, tf in peaks.items()))
+    print(f"ours train: {train_precision}, {training_layout('auto', device)[1]}")
     print(f"ours infer: {choice}")
     print(f"{'mode':<36}{'batch':>6}{'img/s':>10}{'IQR %':>7}{'GFLOP/s':>10}{'% peak':>8}{'x ref':>7}")
     shares = {}
