@@ -177,11 +177,12 @@ def preview_size(width: int, height: int) -> tuple[int, int]:
 
 def read_preview(path: Path, size: tuple[int, int], opts: raster.Options | None = None) -> Image.Image:
     """An RGB picture of a raster (the result, or the input scaled as the engine scales it), read at
-    preview size from its overviews; pixels without data are black."""
+    preview size from its overviews; pixels without data are black. A grey raster (a grey generator's
+    input or map) is shown as grey, its one band repeated (raster.pick_bands)."""
     with raster.rasterio_env():
         ds = raster.open_raster(path)
         with ds:
-            bands = [1, 2, 3] if opts is None else raster.pick_bands(ds, opts.bands, path)
+            bands = raster.pick_bands(ds, None if opts is None else opts.bands, path)
             shape = (3, size[1], size[0])
             data = ds.read(bands, out_shape=shape).astype(np.float64)
             valid = np.all(ds.read_masks(sorted(set(bands)), out_shape=(len(set(bands)), *shape[1:])) > 0, axis=0)
@@ -291,11 +292,9 @@ def translate_file(models: Models, path: Path, label: str, args, progress, work:
     if out.suffix == ".tif":  # a georeferenced input: the COG as predict.py writes it, plus a PNG of it
         png, tif = work / f"{path.stem}.png", out
         cog.publish(out, png, "png")
-        gpkg = work / f"{path.stem}.gpkg"  # and its GIS layers, as predict.py --vector writes them
-        try:
-            vector.vectorise(out, gpkg, progress=lambda done, rows: vectorising(done, rows, progress, cancel))
-        except InputError as e:  # a map with nothing to vectorise keeps its map; the reason, without the path
-            gpkg, note = None, f" · no GIS layers: {str(e).split(': ', 1)[-1]}"
+        # and its GIS layers, as predict.py --vector writes them; a map with nothing to vectorise keeps its map
+        gpkg, why = vector.layers_beside(out, lambda done, rows: vectorising(done, rows, progress, cancel))
+        note = f" · no GIS layers: {why}" if why else ""
     if raster.is_picture(path):
         with Image.open(png) as result:
             width, height = result.size

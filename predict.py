@@ -149,6 +149,9 @@ def run(args, opts: raster.Options, files: list[Path]) -> int:
     try:
         G, config, choice = load_net(args, pick_device(args.device), opts, files, rank, world)
         official.check_generator(config, args.expect, args.weights)
+        if args.vector and config["output_nc"] != 3:
+            raise InputError(f"--vector: {args.weights} draws grey (1-band) images, and the GIS layers come from "
+                             f"the palette's colours of RGB maps (vector.py); leave --vector out")
         opts.direction = args.direction or config["direction"]
         with made_folder(out_dir), bounds.ctrl_c_stops() as stop:  # the folder goes again if every input is skipped
             failed = translate_files(G, files, out_dir, opts, rank, world, stop, args.vector)
@@ -207,12 +210,13 @@ def translate_files(G, files: list[Path], out_dir: Path, opts: raster.Options, r
             bounds.check_size(files[i], opts)
             out = raster.predict_file(G, files[i], out_dir, opts, progress=progress.unit(px), part=part,
                                       cancel=cancel)
-            if layers and part is None:
-                vector.vectorise(out, out.with_suffix(".gpkg"))
         except InputError as e:  # dataset.DataError is one too
             failures.setdefault(i, str(e))
         except Cancelled as e:
             raise Cancelled(f"{files[i]}: {e}; nothing of it was written") from None
+        else:
+            if layers and part is None:
+                add_layers(out, cancel)
         progress.unit_done()
     progress.wait_for_all()
     for other in gather_objects(failures):
@@ -226,15 +230,28 @@ def translate_files(G, files: list[Path], out_dir: Path, opts: raster.Options, r
                 continue
             try:
                 out = raster.assemble(files[i], out_dir, opts, n, channels(G)[0])
-                if layers:
-                    vector.vectorise(out, out.with_suffix(".gpkg"))
             except InputError as e:
                 failures[i] = str(e)
+            else:
+                if layers:
+                    add_layers(out, cancel)
         for i in sorted(failures):
             raster.report(f"{failures[i]}: skipped")
     # every process exits with rank 0's status, and only once rank 0 is done: torchrun stops the
     # others as soon as one process exits with an error
     return progress.agree(len(failures) if rank == 0 else None)
+
+
+def add_layers(out: Path, cancel=None):
+    """--vector: the GIS layers of the map `out` into <stem>.gpkg beside it (vector.layers_beside). A map
+    with nothing to vectorise keeps its map, with a note; a stop while vectorising leaves the map and no
+    layers."""
+    try:
+        _, why = vector.layers_beside(out, lambda done, rows: tiles.stop_if(cancel))
+    except Cancelled as e:
+        raise Cancelled(f"{out}: {e} while vectorising; the map is written, its layers are not") from None
+    if why:
+        raster.report(f"note: {out}: no GIS layers: {why}")
 
 
 class JobProgress:

@@ -502,7 +502,8 @@ class MapReader:
 
     def __init__(self, ds, path: Path):
         if ds.count < 3:
-            raise InputError(f"{path}: {ds.count} band(s); expected an RGB map (predict.py's output, or a map picture)")
+            raise InputError(f"{path}: {ds.count} band(s); expected an RGB map in the palette's colours (the "
+                             f"output of an RGB generator, or a map picture), not a grey image")
         self.ds, self.bands = ds, raster.pick_bands(ds, None, path)
         if any(ds.dtypes[b - 1] != "uint8" for b in self.bands):
             raise InputError(f"{path}: {ds.dtypes[self.bands[0] - 1]} bands; expected an 8-bit RGB map "
@@ -691,6 +692,19 @@ def vectorise(path: Path, out: Path, classes: Path | None = None, fmt: str | Non
                 raster.report(f"note: {path} is in {crs.to_string()}, not in metres: area_m2 and length_m are empty")
             return write_layers(reader, path, out, None if classes is None else Path(classes), fmt, crs, settings,
                                 progress)
+
+
+def layers_beside(map_path: Path, progress=None) -> tuple[Path | None, str]:
+    """The layers of a map just drawn (predict.py --vector, the app) into <stem>.gpkg beside it, with
+    the default settings and no class raster: (that file, "") or, for a map with nothing to vectorise
+    (not a map, a grey image, only background), (None, why) and no file. progress: as vectorise's
+    (a cancel hook raising there stops it, and no file is left)."""
+    gpkg = Path(map_path).with_suffix(".gpkg")
+    try:
+        vectorise(map_path, gpkg, progress=progress)
+    except InputError as e:
+        return None, str(e).split(": ", 1)[-1]  # the reason, without the path
+    return gpkg, ""
 
 
 def write_layers(reader: MapReader, path: Path, out: Path, classes: Path | None, fmt: str, crs, settings,

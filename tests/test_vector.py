@@ -183,16 +183,16 @@ def test_block_size_changes_nothing(tmp_path):
 
 def test_predict_vector_writes_the_layers_beside_the_map(tmp_path, monkeypatch, capsys):
     """predict.py --vector writes SCENE.gpkg beside SCENE.tif: vector.py's layers of that map (here a
-    stand-in engine draws a known map on the scene's grid). A random generator's map is no map: one
-    line, exit status 1, SCENE.tif kept and no SCENE.gpkg."""
+    stand-in engine draws a known map on the scene's grid). A random generator's map is no map:
+    SCENE.tif is written with a note saying why it has no layers (as in the app), and no SCENE.gpkg."""
     import predict
     import raster
     from generator import Generator, init_weights
     torch.save({"G": init_weights(Generator(ngf=8)).state_dict(), "config": {"ngf": 8}}, tmp_path / "G.pt")
     scene = write_tif(tmp_path / "scene.tif", np.full((3, 300, 300), 90, np.uint8))
     argv = ["--weights", str(tmp_path / "G.pt"), "--input", str(scene), "--eval", "--device", "cpu", "--vector"]
-    assert predict.main([*argv, "--out", str(tmp_path / "random")]) == 1
-    assert "not a map" in capsys.readouterr().err
+    assert predict.main([*argv, "--out", str(tmp_path / "random")]) == 0
+    assert "scene.tif: no GIS layers: not a map" in capsys.readouterr().err
     assert sorted(p.name for p in (tmp_path / "random").iterdir()) == ["scene.tif"]
 
     def draw_map(G, path, out_dir, opts, **kw):

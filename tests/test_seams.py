@@ -1,0 +1,75 @@
+"""Where the features meet: a grey generator (--output-nc 1) in the app, with --vector and with the
+browser export; a Stop while predict.py --vector vectorises."""
+import numpy as np
+import pytest
+import torch
+
+rasterio = pytest.importorskip("rasterio")
+
+import predict  # noqa: E402
+import raster  # noqa: E402
+from conftest import make_geotiff, map_picture  # noqa: E402
+from generator import Generator, init_weights  # noqa: E402
+from test_raster import write_tif  # noqa: E402
+from utils import Cancelled, InputError  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def grey_out(tmp_path_factory):
+    """G.pt of an 8-wide generator with random weights that takes RGB and draws grey (1 band), and an
+    RGB GeoTIFF for it."""
+    folder = tmp_path_factory.mktemp("grey_out")
+    torch.manual_seed(0)
+    torch.save({"G": init_weights(Generator(3, 1, ngf=8)).state_dict(), "config": {"ngf": 8}}, folder / "G.pt")
+    return folder / "G.pt", make_geotiff(folder / "scene.tif", 96, 64)
+
+
+def test_app_shows_a_grey_map_as_grey_and_offers_no_layers(grey_out, tmp_path):
+    """The app's previews read the result's bands as raster.pick_bands does (one band shown as grey),
+    the COG keeps its one band, and the layers are left out with a note naming why."""
+    app = pytest.importorskip("app")
+    weights, scene = grey_out
+    models = app.Models({"grey": str(weights)}, "cpu", backend="torch")
+    args = predict.parser().parse_args(["--weights", "-", "--input", str(scene), "--out", "-", "--eval"])
+    r = app.translate_file(models, scene, "grey", args, lambda *a, **k: None, tmp_path)
+    after = np.asarray(r["after"])
+    assert r["after"].mode == "RGB" and (after[..., 0] == after[..., 1]).all() and (after[..., 1] == after[..., 2]).all()
+    with rasterio.open(r["tif"]) as ds:
+        assert ds.count == 1 and np.array_equal(ds.read(1), after[..., 0])
+    assert r["gpkg"] is None and "no GIS layers" in r["note"] and "not a grey image" in r["note"]
+
+
+def test_predict_vector_refuses_a_grey_generator_before_any_work(grey_out, tmp_path):
+    weights, scene = grey_out
+    with pytest.raises(InputError, match="^--vector: .* draws grey"):
+        predict.main(["--weights", str(weights), "--input", str(scene), "--out", str(tmp_path / "out"), "--eval",
+                      "--device", "cpu", "--vector"])
+    assert not (tmp_path / "out").exists()
+
+
+def test_web_export_refuses_a_grey_generator_in_one_line(grey_out, tmp_path):
+    import export
+    weights, _ = grey_out
+    with pytest.raises(InputError, match="the page runs RGB generators"):
+        export.main(["--weights", str(weights), "--web", str(tmp_path / "g.onnx"), "--device", "cpu"])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_stop_while_vectorising_keeps_the_map_and_leaves_no_layers(grey_out, tmp_path, monkeypatch):
+    """predict.py --vector asks its cancel hook while it vectorises too (here a stand-in engine draws a
+    known map, and the hook says stop once that map is written): Cancelled says the map stands, and
+    no GeoPackage or temp file is left."""
+    scene = write_tif(tmp_path / "scene.tif", np.full((3, 300, 300), 90, np.uint8))
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+
+    def draw_map(G, path, out_dir, opts, **kw):
+        return write_tif(out_dir / f"{path.stem}.tif", map_picture(300, 300))
+
+    monkeypatch.setattr(raster, "predict_file", draw_map)
+    _, opts = predict.parse(["--weights", "-", "--input", str(scene), "--out", str(out_dir), "--eval"])
+    G = Generator(ngf=8)
+    with pytest.raises(Cancelled, match="^.*scene.tif: enough while vectorising; the map is written"):
+        predict.translate_files(G, [scene], out_dir, opts, 0, 1, lambda: "enough" if any(out_dir.iterdir()) else None,
+                                layers=True)
+    assert [p.name for p in out_dir.iterdir()] == ["scene.tif"]
