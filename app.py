@@ -496,7 +496,7 @@ def main(argv=None):
     p.add_argument("--queue", type=int, default=16, help="requests that may wait; beyond, a client is told "
                    "the queue is full and to try again")
     p.add_argument("--concurrency", type=int, default=1, help="translations run at once (one per model at most)")
-    backends.add_flags(p, "eval-mode requests", "required with --int8")
+    backends.add_flags(p, "eval-mode requests", "required with --int8", eval_mode=lambda args: True)
     add_device(p)
     args = p.parse_args(argv)
     for flag in ("--max-upload-mb", "--max-megapixels", "--max-seconds", "--max-models", "--queue", "--concurrency"):
@@ -505,10 +505,6 @@ def main(argv=None):
             p.error(f"{flag} {value}: expected a positive number")
     if args.int8 and args.calibrate is None:
         p.error("--int8 needs --calibrate FOLDER here: the server has no input to calibrate on before its requests")
-    try:
-        backends.check_flags(args.backend, True, "auto", args.int8, args.calibrate)
-    except InputError as e:
-        p.error(str(e))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # `kill` too ends through atexit's clean-up
     device = pick_device(args.device)
     backends.check_device(args.backend, device)

@@ -14,7 +14,6 @@ quiet machine: any other load changes the figures.
 """
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -25,6 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+import probe
 import web_export
 from config import WEIGHTS_HELP, command_parser
 from generator import load_generator
@@ -38,15 +38,6 @@ BATCH = 4  # tiles per session.run, as web/worker.js runs them
 CHROMIUM = os.environ.get("SAT2MAP_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-
-def cpu_name() -> str:
-    """The CPU's model name where Linux tells it, else what the platform module knows."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
 
 
 def picture_tiles(picture: Path, tile=web_export.TILE, overlap=web_export.OVERLAP) -> int:
@@ -121,7 +112,7 @@ def main(argv=None):
         picture = Path(args.input) if args.input else random_picture(Path(tmp) / "random.png", args.size, args.seed)
         tiles = picture_tiles(picture)
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        print(f"{cpu_name()}, {cores} cores; onnxruntime {ort_version()}, onnxruntime-web {web_version()}; model "
+        print(f"{probe.hardware().cpu}, {cores} cores; onnxruntime {ort_version()}, onnxruntime-web {web_version()}; model "
               f"{card['precision']} ngf {card['ngf']} ({card['bytes'] / 1e6:.1f} MB); {picture.name}: {tiles} tiles of 256 px")
         print(f"{'path':<58} {'network tiles/s':>15} {'page tiles/s':>13}")
         for threads in (0, 1):

@@ -8,8 +8,9 @@
 Writes OUT/grid_input.png, grid_output.png, grid_target.png (3x8), grid_triplets.png (input | output |
 target per row), metrics.json, per_image.csv (pixel metrics, structure IoUs and GIS figures per image),
 and prints a table. Metrics are defined in docs/evaluation.md; `evaluate_pairs` computes them, here and in
-train.py's validation (which leaves out the GIS figures). A generator of grey images (--output-nc 1) gets the pixel metrics; the structure classes
-and the GIS figures are colours of RGB maps. The official test.py's options work too (official.py).
+train.py's validation (which leaves out the GIS figures). A generator of grey images (--output-nc 1)
+gets the pixel metrics; the structure classes and the GIS figures are colours of RGB maps. The official
+test.py's options work too (official.py).
 """
 import csv
 import io
@@ -34,6 +35,7 @@ from config import WEIGHTS_HELP, add_device, command_parser
 from generator import channels, tta
 from palette import CLASSES, classify
 from utils import InputError, as_rgb, atomic_write_text, pick_device, run_command, save_grid
+
 
 def gaussian_ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """SSIM of Wang et al. 2004 per image: 11x11 Gaussian window (sigma 1.5), K1 0.01, K2 0.03, data
@@ -138,7 +140,6 @@ class GISFigures:
                 "road_correct": self.matched / total if total else None}
 
 
-
 def evaluate_pairs(G, pairs, direction="AtoB", device="cpu", paper=True, seed=0, keep=(), inception=None,
                    desc=None, use_tta=False, gis=False):
     """Translate every pair at 256x256 (one image per call, as the paper tests) and measure it. The
@@ -223,10 +224,6 @@ def main(argv=None):
         p.error(f"--samples {args.samples}: expected at least 1")
     if args.max_pairs < 0:
         p.error(f"--max-pairs {args.max_pairs}: expected 0 (all) or a positive count")
-    try:
-        backends.check_flags(args.backend, args.eval, "off", args.int8, args.calibrate)
-    except InputError as e:
-        p.error(str(e))
     root, split = data_folder(args, p)
     out = Path(args.out)
     if out.exists() and not out.is_dir():

@@ -158,7 +158,8 @@ def levels(y: torch.Tensor) -> torch.Tensor:
 def cost(fp32_net, int8_net, tiles: torch.Tensor, batch: int = 4) -> Cost:
     """What int8 changes on the tiles: level differences from float32 and, for RGB maps, how often
     the structure classes agree and their IoU over the tiles (evaluate.StructureIoU)."""
-    from evaluate import StructureIoU, classify
+    from evaluate import StructureIoU
+    from palette import classify
     diff_sum = diff_max = agree = 0.0
     iou, rgb = StructureIoU(), True
     with fp32_net.inference(False, 0), int8_net.inference(False, 0):

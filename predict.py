@@ -100,7 +100,6 @@ def parse(argv=None) -> tuple:
     p = parser()
     args = p.parse_args(argv)
     try:
-        backends.check_flags(args.backend, args.eval, args.amp, args.int8, args.calibrate)
         return args, options(args)
     except InputError as e:  # a malformed flag is a usage error
         p.error(str(e))

@@ -12,7 +12,6 @@ card the page reads: name, direction, tile and overlap, normalisation, precision
 and their SHA-256, and the model's measured difference from float32 in levels of 255. The folder's
 index.json lists every card in it, as a static host cannot list a folder.
 """
-import hashlib
 import json
 import tempfile
 from pathlib import Path
@@ -24,7 +23,7 @@ import backends
 import int8
 import raster
 from export import export, max_difference
-from generator import fetch_pretrained
+from generator import weights_path
 from tiles import Engine
 from utils import InputError, atomic_write_text, replace_durably
 
@@ -128,19 +127,14 @@ def difference(fp32: Path, small: Path, tiles: torch.Tensor | None, seed: int) -
             "measured_on": where}
 
 
-def sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 def make_card(out: Path, config: dict, weights, precision: str, size: int, diff: dict) -> dict:
     """The model's card: what the page needs to run it and what a reader needs to trust it."""
-    source = Path(weights) if Path(weights).is_file() else fetch_pretrained(str(weights))
+    source = weights_path(weights)
     return {"format": CARD_FORMAT, "name": out.stem, "model": out.name, "direction": config["direction"],
             "netG": config.get("netG", "unet_256"), "ngf": int(config.get("ngf", 64)), "mode": "eval",
             "tile": TILE, "overlap": OVERLAP, "input": "satellite", "output": "map",
             "normalisation": NORMALISATION, "precision": precision, "bytes": size,
-            "difference_from_float32": diff, "weights": {"file": source.name, "sha256": sha256(source)}}
+            "difference_from_float32": diff, "weights": {"file": source.name, "sha256": backends.file_digest(source)}}
 
 
 def write_index(folder: Path):
