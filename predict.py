@@ -32,7 +32,7 @@ import raster
 import tiles
 import vector
 from config import WEIGHTS_HELP, add_device, command_parser
-from generator import channels, load_generator
+from generator import channels
 from utils import Cancelled, InputError, gather_objects, init_distributed, made_folder, pick_device, run_command
 
 SHOW_PIXELS = 1 << 21  # the progress bar appears from this many input pixels on (32 tiles of 256 px)
@@ -103,13 +103,6 @@ def parse(argv=None) -> tuple:
         return args, options(args)
     except InputError as e:  # a malformed flag is a usage error
         p.error(str(e))
-
-
-def load(weights, device, amp="auto", eval_mode=False):
-    """The generator module of the torch path (backends.torch_choice): --amp's precision, and
-    channels-last with --eval. Returns (G, its saved config)."""
-    G, config = load_generator(weights, device)
-    return backends.prepare_torch(G, backends.torch_choice(amp, device, eval_mode, "")), config
 
 
 def load_net(args, device, opts: raster.Options, files: list[Path], rank: int, world: int):

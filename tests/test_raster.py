@@ -9,6 +9,7 @@ import torch
 rasterio = pytest.importorskip("rasterio")
 from rasterio.transform import from_origin  # noqa: E402
 
+import backends  # noqa: E402
 import bench_raster  # noqa: E402
 import cog  # noqa: E402
 import predict  # noqa: E402
@@ -199,7 +200,7 @@ def test_overviews_are_the_sinks_whether_in_blocks_or_whole(tmp_path, weights, m
     monkeypatch.setattr(cog, "halve", darker)
     args, opts = predict.parse(["--weights", str(weights), "--input", str(src), "--out", str(tmp_path / "own"),
                                 "--bands", "3,2,1", "--eval", "--device", "cpu"])
-    G, config = predict.load(args.weights, torch.device("cpu"), args.amp, args.eval)
+    G, config, _ = backends.load(args.weights, "cpu", "torch", args.eval, args.amp)
     opts.direction = config["direction"]
     (tmp_path / "own").mkdir()
     out = raster.predict_file(G, src, tmp_path / "own", opts, progress=False)
