@@ -82,7 +82,7 @@ def calibration_tiles(files: list[Path], opts: raster.Options, count: int = CALI
 def folder_tiles(folder, in_channels: int = 3) -> torch.Tensor:
     """Calibration tiles of the images in a folder (--calibrate FOLDER), read whole with the default
     raster options, for a generator of in_channels."""
-    return calibration_tiles(raster.input_files(Path(folder)), raster.Options(Engine()), in_channels=in_channels)
+    return calibration_tiles(raster.input_files(Path(folder), "--calibrate"), raster.Options(Engine()), in_channels=in_channels)
 
 
 class TileReader:

@@ -109,7 +109,7 @@ def load_net(args, device, opts: raster.Options, files: list[Path], rank: int, w
     """backends.load with predict's flags: (net, config, choice). int8 calibrates on tiles of
     --calibrate, else of the inputs (all of them, so every process calibrates alike). Under torchrun
     rank 0 loads first: it alone probes, exports and quantizes, and the others find what it made."""
-    calibration = raster.input_files(Path(args.calibrate)) if args.calibrate else files
+    calibration = raster.input_files(Path(args.calibrate), "--calibrate") if args.calibrate else files
 
     def tiles_of(config: dict):
         opts.direction = args.direction or config["direction"]  # --pairs reads the direction's half

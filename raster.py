@@ -298,15 +298,16 @@ def is_picture(path: Path) -> bool:
     return path.suffix.lower() in dataset.IMG_EXTS
 
 
-def input_files(src: Path) -> list[Path]:
-    """The inputs to translate: one file, or a folder's images and rasters (sorted)."""
+def input_files(src: Path, flag: str = "--input") -> list[Path]:
+    """The inputs to translate: one file, or a folder's images and rasters (sorted); a bad `src` is an
+    InputError naming the flag that gave it (--input, or --calibrate's folder)."""
     if src.is_dir():
         files = sorted(p for p in src.iterdir() if p.is_file() and p.suffix.lower() in dataset.IMG_EXTS + RASTER_EXTS)
         if not files:
-            raise InputError(f"--input {src}: no images ({', '.join(dataset.IMG_EXTS + RASTER_EXTS)}) in this folder")
+            raise InputError(f"{flag} {src}: no images ({', '.join(dataset.IMG_EXTS + RASTER_EXTS)}) in this folder")
         return files
     if not src.is_file():
-        raise InputError(f"--input {src}: no such file or folder")
+        raise InputError(f"{flag} {src}: no such file or folder")
     return [src]
 
 

@@ -110,7 +110,7 @@ def calibration_tiles(folder: Path, pairs: bool, config: dict) -> torch.Tensor:
     if not folder.is_dir():
         raise InputError(f"--calibrate {folder}: expected a folder of satellite pictures or rasters")
     opts = raster.Options(Engine(TILE, OVERLAP), pairs=pairs, direction=config["direction"])
-    return int8.calibration_tiles(raster.input_files(folder), opts, CALIBRATION_TILES, config["input_nc"])
+    return int8.calibration_tiles(raster.input_files(folder, "--calibrate"), opts, CALIBRATION_TILES, config["input_nc"])
 
 
 def difference(fp32: Path, small: Path, tiles: torch.Tensor | None, seed: int) -> dict:

@@ -73,3 +73,18 @@ def test_a_stop_while_vectorising_keeps_the_map_and_leaves_no_layers(grey_out, t
         predict.translate_files(G, [scene], out_dir, opts, 0, 1, lambda: "enough" if any(out_dir.iterdir()) else None,
                                 layers=True)
     assert [p.name for p in out_dir.iterdir()] == ["scene.tif"]
+
+
+def test_an_empty_calibrate_folder_is_named_as_calibrate(tmp_path):
+    """--calibrate's folder is listed as --input's is, and a bad one is named by its own flag."""
+    import export
+    torch.manual_seed(0)
+    torch.save({"G": init_weights(Generator(ngf=8)).state_dict(), "config": {"ngf": 8}}, tmp_path / "G.pt")
+    (tmp_path / "empty").mkdir()
+    scene = make_geotiff(tmp_path / "scene.tif", 64, 64)
+    calibrate = ["--int8", "--calibrate", str(tmp_path / "empty"), "--device", "cpu"]
+    with pytest.raises(InputError, match="^--calibrate .*empty: no images"):
+        predict.main(["--weights", str(tmp_path / "G.pt"), "--input", str(scene), "--out", str(tmp_path / "out"),
+                      "--eval", "--backend", "onnxruntime", *calibrate])
+    with pytest.raises(InputError, match="^--calibrate .*empty: no images"):
+        export.main(["--weights", str(tmp_path / "G.pt"), "--web", str(tmp_path / "g.onnx"), *calibrate])
