@@ -37,6 +37,7 @@ from gradio.utils import get_upload_folder  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import backends  # noqa: E402
+import bands  # noqa: E402
 import bounds  # noqa: E402
 import cog  # noqa: E402
 import dataset  # noqa: E402
@@ -178,19 +179,15 @@ def preview_size(width: int, height: int) -> tuple[int, int]:
 def read_preview(path: Path, size: tuple[int, int], opts: raster.Options | None = None) -> Image.Image:
     """An RGB picture of a raster (the result, or the input scaled as the engine scales it), read at
     preview size from its overviews; pixels without data are black. A grey raster (a grey generator's
-    input or map) is shown as grey, its one band repeated (raster.pick_bands)."""
+    input or map) is shown as grey, its one band repeated (bands.pick_bands)."""
     with raster.rasterio_env():
         ds = raster.open_raster(path)
         with ds:
-            bands = raster.pick_bands(ds, None if opts is None else opts.bands, path)
+            chosen = bands.pick_bands(ds, None if opts is None else opts.bands, path)
             shape = (3, size[1], size[0])
-            data = ds.read(bands, out_shape=shape).astype(np.float64)
-            valid = np.all(ds.read_masks(sorted(set(bands)), out_shape=(len(set(bands)), *shape[1:])) > 0, axis=0)
-            lo = hi = None
-            if opts is not None and opts.value_range is not None:
-                lo, hi = np.full(3, opts.value_range[0]), np.full(3, opts.value_range[1])
-            elif opts is not None and (opts.stretch_given or any(ds.dtypes[b - 1] != "uint8" for b in bands)):
-                lo, hi, _ = raster.stretch_limits(ds, bands, *opts.stretch, path)
+            data = ds.read(chosen, out_shape=shape).astype(np.float64)
+            valid = np.all(ds.read_masks(sorted(set(chosen)), out_shape=(len(set(chosen)), *shape[1:])) > 0, axis=0)
+            lo, hi = (None, None) if opts is None else bands.value_limits(ds, chosen, opts, path)
     if lo is not None:
         data = (np.nan_to_num(data) - lo[:, None, None]) / (hi - lo)[:, None, None] * 255
     rgb = np.clip(np.nan_to_num(data), 0, 255).round().astype(np.uint8) * valid

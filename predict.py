@@ -28,6 +28,7 @@ import bounds
 import dataset
 import int8
 import official
+import parts
 import raster
 import tiles
 import vector
@@ -165,14 +166,14 @@ def share_work(files: list[Path], opts: raster.Options, world: int) -> list[list
     """Each process's units of work, (file index, part or None, input pixels): a GDAL raster larger than
     a fair share is cut into one band per process (`part` = (k, n), band k to process k), the other
     files go whole, largest first, to the process with the least work so far."""
-    pixels = [raster.input_pixels(f) for f in files]
+    pixels = [parts.input_pixels(f) for f in files]
     work, loads = [[] for _ in range(world)], [0] * world
     whole = []
     for i, f in enumerate(files):
         n = 1
         if world > 1 and not raster.is_picture(f) and pixels[i] > sum(pixels) / world:
             try:
-                n = raster.parts_of(f, opts, world)
+                n = parts.parts_of(f, opts, world)
             except InputError:  # reported when the file is translated
                 pass
         if n == 1:
@@ -218,10 +219,10 @@ def translate_files(G, files: list[Path], out_dir: Path, opts: raster.Options, r
         shared = sorted({(i, part[1]) for units in work for i, part, _ in units if part is not None})
         for i, n in shared:
             if i in failures:
-                raster.discard_parts(files[i], out_dir, n)
+                parts.discard_parts(files[i], out_dir, n)
                 continue
             try:
-                out = raster.assemble(files[i], out_dir, opts, n, channels(G)[0])
+                out = parts.assemble(files[i], out_dir, opts, n, channels(G)[0])
             except InputError as e:
                 failures[i] = str(e)
             else:

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+import bands
 import cog
 import raster
 import tiles
@@ -504,7 +505,7 @@ class MapReader:
         if ds.count < 3:
             raise InputError(f"{path}: {ds.count} band(s); expected an RGB map in the palette's colours (the "
                              f"output of an RGB generator, or a map picture), not a grey image")
-        self.ds, self.bands = ds, raster.pick_bands(ds, None, path)
+        self.ds, self.bands = ds, bands.pick_bands(ds, None, path)
         if any(ds.dtypes[b - 1] != "uint8" for b in self.bands):
             raise InputError(f"{path}: {ds.dtypes[self.bands[0] - 1]} bands; expected an 8-bit RGB map "
                              f"(predict.py's output, or a map picture)")
@@ -529,7 +530,7 @@ class MapReader:
         win = Window(x0, y0, x1 - x0, y1 - y0)
         rgb = self.ds.read(self.bands, window=win)
         cls = classify_rgb(rgb)
-        cls[~raster.valid_mask(self.ds, self.bands, win, rgb)] = NODATA
+        cls[~bands.valid_mask(self.ds, self.bands, win, rgb)] = NODATA
         return cls
 
 
@@ -760,7 +761,7 @@ def preview(path: Path, layers: Path, out: Path, size: int = 768):
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with raster.open_raster(path) as ds:
             f = max(ds.width, ds.height) / max(size, 1)
-            rgb = ds.read(raster.pick_bands(ds, None, path), out_shape=(3, max(1, round(ds.height / f)),
+            rgb = ds.read(bands.pick_bands(ds, None, path), out_shape=(3, max(1, round(ds.height / f)),
                                                                          max(1, round(ds.width / f))))
             left, bottom, right, top = ds.bounds
     fig = plt.figure(figsize=(rgb.shape[2] / 100, rgb.shape[1] / 100), dpi=100)

@@ -25,7 +25,7 @@ def grey_out(tmp_path_factory):
 
 
 def test_app_shows_a_grey_map_as_grey_and_offers_no_layers(grey_out, tmp_path):
-    """The app's previews read the result's bands as raster.pick_bands does (one band shown as grey),
+    """The app's previews read the result's bands as bands.pick_bands does (one band shown as grey),
     the COG keeps its one band, and the layers are left out with a note naming why."""
     app = pytest.importorskip("app")
     weights, scene = grey_out
