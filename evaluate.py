@@ -33,7 +33,7 @@ import official
 import vector
 from config import WEIGHTS_HELP, add_device, command_parser
 from generator import channels, tta
-from palette import CLASSES, classify
+from palette import CLASSES, PARK, WATER, classify
 from utils import InputError, as_rgb, atomic_write_text, pick_device, run_command, save_grid
 
 
@@ -125,7 +125,7 @@ class GISFigures:
         row = {"road_len": lengths[0], "road_len_target": lengths[1],
                "road_complete": matched_target / lengths[1] if lengths[1] else None,
                "road_correct": matched / lengths[0] if lengths[0] else None}
-        for name, c in (("water", vector.WATER), ("park", vector.PARK)):
+        for name, c in (("water", WATER), ("park", PARK)):
             for suffix, layers in (("", fake_layers), ("_target", real_layers)):
                 row[f"{name}_area{suffix}"] = sum(g.area for k, g in layers.polygons if k == c)
         self.rows.append(row)
