@@ -276,17 +276,17 @@ def cached_model(weights: Path, kind: str, settings: dict, make, log=None) -> Pa
         return path
 
 
-def exported(G: nn.Module, weights: Path, config: dict, log=None) -> Path:
+def exported(G: nn.Module, weights: Path, config: dict, log=None, opset: int = OPSET) -> Path:
     """The float32 ONNX export of G (eval mode) from the weights file, made once (export.export,
-    checked against torch) and cached."""
+    checked against torch) and cached; the ONNX Runtime backends' and the browser model's."""
     import export
-    settings = {"version": EXPORT_VERSION, "opset": OPSET, "mode": "eval",
+    settings = {"version": EXPORT_VERSION, "opset": opset, "mode": "eval",
                 **{k: config.get(k) for k in ("netG", "ngf", "norm", "dropout")}}
 
     def make(path: Path):
         cpu = copy.deepcopy(G).float().cpu()  # export puts the module in eval mode: a copy, not G
         with contextlib.redirect_stdout(io.StringIO()):  # the exporter's own progress lines
-            export.export(cpu, path, OPSET)
+            export.export(cpu, path, opset)
         diff = export.max_difference(cpu, path, shape=(1, channels(cpu)[0], 256, 256))
         if diff > 1e-4:
             raise InputError(f"{weights}: its ONNX export differs from PyTorch by {diff:.2e} (limit 1e-4)")

@@ -2,7 +2,7 @@
 ONNX Runtime in Python on the same browser-sized model, in one run.
 
     python bench_web.py --weights weights/maps/G.pt
-    python bench_web.py --weights sat2map --input photo.png --repeat 3
+    python bench_web.py --weights sat2map --input photo.png --repeat 3 --calibrate tiles/   # int8 (full size)
 
 It exports --weights as export.py --web does (into a temporary models/ folder), then times: ONNX Runtime
 in Python (CPU provider, all cores and one thread) on the page's tiles in the page's batches; the page
@@ -101,6 +101,9 @@ def main(argv=None):
     p.add_argument("--size", default="1024x768", help="WIDTHxHEIGHT of the random picture")
     p.add_argument("--repeat", type=int, default=2, help="timed runs of each path (after one to warm up)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random picture")
+    p.add_argument("--calibrate", metavar="FOLDER", help="satellite pictures the browser model's int8 is "
+                   "calibrated on (export.py --web --calibrate): needed where float16 is over 60 MB, e.g. the "
+                   "full-size generator")
     args = p.parse_args(argv)
     if not (Path(__file__).parent / "web" / "vendor" / "ort.wasm.bundle.min.mjs").is_file():
         raise InputError("web/vendor/ is empty: run `npm ci` in web/ first")
@@ -108,7 +111,7 @@ def main(argv=None):
     with tempfile.TemporaryDirectory(prefix="sat2map-bench-web-") as tmp:
         models = Path(tmp) / "models"
         models.mkdir()
-        card = web_export.export_web(G, config, args.weights, models / "bench.onnx")
+        card = web_export.export_web(G, config, args.weights, models / "bench.onnx", calibrate=args.calibrate)
         picture = Path(args.input) if args.input else random_picture(Path(tmp) / "random.png", args.size, args.seed)
         tiles = picture_tiles(picture)
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()

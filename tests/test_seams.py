@@ -3,6 +3,7 @@ browser export; a Stop while predict.py --vector vectorises."""
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 rasterio = pytest.importorskip("rasterio")
 
@@ -88,3 +89,72 @@ def test_an_empty_calibrate_folder_is_named_as_calibrate(tmp_path):
                       "--eval", "--backend", "onnxruntime", *calibrate])
     with pytest.raises(InputError, match="^--calibrate .*empty: no images"):
         export.main(["--weights", str(tmp_path / "G.pt"), "--web", str(tmp_path / "g.onnx"), *calibrate])
+
+
+@pytest.fixture(scope="module")
+def int8_web(tmp_path_factory):
+    """A tiny generator (maps with contrast), two satellite pictures to calibrate on, and the int8
+    browser model export.py --web --int8 makes of it in a models/ folder."""
+    from conftest import tiny_generator
+    import export
+    root = tmp_path_factory.mktemp("int8_web")
+    weights = tiny_generator(root / "tiny" / "G.pt", gain=0.09)
+    (root / "calibrate").mkdir()
+    for i in range(2):
+        noise = np.random.default_rng(i).integers(0, 256, (256, 256, 3), dtype=np.uint8)
+        Image.fromarray(noise).save(root / "calibrate" / f"{i}.png")
+    (root / "models").mkdir()
+    export.main(["--weights", str(weights), "--web", str(root / "models" / "q.onnx"), "--int8", "--calibrate",
+                 str(root / "calibrate"), "--device", "cpu"])
+    return root, weights
+
+
+def test_web_export_makes_an_int8_model_calibrated_on_its_folder(int8_web):
+    """export.py --web --int8 (the path of every generator over 60 MB in float16) quantizes with
+    int8.quantize_int8 on the calibration tiles and says so in the card and the folder's index."""
+    import json
+    import onnx
+    root, _ = int8_web
+    card = json.loads((root / "models" / "q.json").read_text())
+    assert card["precision"] == "int8" and card["difference_from_float32"]["measured_on"].startswith("2 tiles")
+    ops = {node.op_type for node in onnx.load(root / "models" / "q.onnx").graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops and "ConvTranspose" not in ops  # SubPixelUp
+    assert json.loads((root / "models" / "index.json").read_text())["models"][0]["precision"] == "int8"
+
+
+def test_the_page_runs_the_int8_model_as_predict_does(int8_web, tmp_path):
+    """The static page (ONNX Runtime Web, WASM) on the int8 model gives predict.py --backend onnxruntime
+    --int8's map, calibrated on the same pictures, within the page's 3 levels."""
+    import threading
+    from conftest import ROOT, launch_chromium
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not (ROOT / "web" / "vendor" / "ort.wasm.bundle.min.mjs").is_file():
+        pytest.skip("web/vendor/ is empty: run `npm ci` in web/")
+    import sys
+    sys.path.insert(0, str(ROOT / "web"))
+    import serve
+    root, weights = int8_web
+    src = root / "calibrate" / "0.png"
+    httpd = serve.server(models=root / "models", isolate=False, quiet=True)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        with sync_api.sync_playwright() as p:
+            chromium = launch_chromium(p)
+            page = chromium.new_context(accept_downloads=True).new_page()
+            page.goto(f"http://127.0.0.1:{httpd.server_address[1]}/")
+            page.locator("#backend").get_by_text("model: q").wait_for(timeout=60_000)
+            page.set_input_files("#file", str(src))
+            page.click("#translate")
+            page.wait_for_function("document.getElementById('status').dataset.tiles", timeout=60_000)
+            with page.expect_download() as download:
+                page.click("#png")
+            download.value.save_as(tmp_path / "page.png")
+            chromium.close()
+    finally:
+        httpd.shutdown()
+    assert predict.main(["--weights", str(weights), "--input", str(src), "--out", str(tmp_path / "out"), "--eval",
+                         "--backend", "onnxruntime", "--int8", "--calibrate", str(root / "calibrate"),
+                         "--device", "cpu"]) == 0
+    got, want = (np.asarray(Image.open(f).convert("RGB")).astype(int) for f in (tmp_path / "page.png",
+                                                                              tmp_path / "out" / "0.png"))
+    assert got.shape == want.shape == (256, 256, 3) and np.abs(got - want).max() <= 3 and want.std() > 10
