@@ -500,6 +500,8 @@ def main(argv=None):
         value = getattr(args, flag[2:].replace("-", "_"))
         if not value > 0:
             p.error(f"{flag} {value}: expected a positive number")
+    if args.port is not None and not 0 <= args.port <= 65535:
+        p.error(f"--port {args.port}: expected a port number from 0 to 65535")
     if args.int8 and args.calibrate is None:
         p.error("--int8 needs --calibrate FOLDER here: the server has no input to calibrate on before its requests")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # `kill` too ends through atexit's clean-up

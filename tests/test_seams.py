@@ -1,5 +1,6 @@
 """Where the features meet: a grey generator (--output-nc 1) in the app, with --vector and with the
-browser export; a Stop while predict.py --vector vectorises."""
+browser export; a Stop while predict.py --vector vectorises; --calibrate's folder; the browser's int8
+model, exported and run by the page; the servers' --port."""
 import numpy as np
 import pytest
 import torch
@@ -158,3 +159,15 @@ def test_the_page_runs_the_int8_model_as_predict_does(int8_web, tmp_path):
     got, want = (np.asarray(Image.open(f).convert("RGB")).astype(int) for f in (tmp_path / "page.png",
                                                                               tmp_path / "out" / "0.png"))
     assert got.shape == want.shape == (256, 256, 3) and np.abs(got - want).max() <= 3 and want.std() > 10
+
+
+@pytest.mark.parametrize("command", ["app", "serve"])
+def test_a_port_out_of_range_is_one_line(command, capsys):
+    """The two servers (the app, web/serve.py) refuse a port they cannot bind before starting."""
+    import sys
+    from conftest import ROOT
+    sys.path.insert(0, str(ROOT / "web"))
+    module = pytest.importorskip(command)
+    with pytest.raises(SystemExit) as stop:
+        module.main(["--port", "99999"])
+    assert stop.value.code == 2 and "--port 99999: expected a port number from 0 to 65535" in capsys.readouterr().err
