@@ -1,7 +1,7 @@
 """Export a generator to ONNX (eval mode: running BatchNorm statistics, no dropout) and check it.
 
     python export.py --weights weights/maps/G.pt --out sat2map.onnx
-    python export.py --weights weights/maps/G.pt --web web/models/sat2map.onnx   # for the page in web/
+    python export.py --weights weights/maps/G.pt --web web/models/sat2map.onnx --calibrate data/maps/val --pairs
 
 Batch, height and width are dynamic; height and width must be multiples of 256 (128 for unet_128, 4 for
 the ResNet generators). PyTorch's exporter (torch.export, then onnxscript) traces the generator on

@@ -1,6 +1,6 @@
 """The browser-sized export for the static page in web/: a small ONNX model and its JSON card.
 
-    python export.py --weights weights/maps/G.pt --web web/models/sat2map.onnx
+    python export.py --weights weights/maps/G.pt --web web/models/sat2map.onnx --calibrate data/maps/val --pairs
 
 export.py's --web calls `export_web`. The model is the eval-mode export of export.py, checked against
 PyTorch and cached beside the weights as --backend onnxruntime's (backends.exported), with its weights
