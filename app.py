@@ -332,6 +332,19 @@ def publish_files(paths: list[Path | None]) -> list[str | None]:
     return [None if p is None else save_file_to_cache(p, get_upload_folder()) for p in paths]
 
 
+def request_args(path: Path, max_megapixels: float, mode="paper", seed=0, tta=False, scale=1.0, gsd=None,
+                 bands="", stretch="", value_range=""):
+    """predict.py's flags for one request: its defaults, with the page's fields. The server's --backend
+    and --int8 act through Models; here --backend is pinned, so that a $SAT2MAP_BACKEND of onnxruntime
+    (the eval mode's) is not checked against a paper-mode request."""
+    args = predict.parser().parse_args(["--weights", "-", "--input", str(path), "--out", "-", "--backend", "auto",
+                                        "--max-megapixels", str(max_megapixels)])
+    args.eval, args.seed, args.tta = mode == "eval", int(seed or 0), bool(tta)
+    args.scale, args.gsd = float(1.0 if scale is None else scale), blank(gsd)
+    args.bands, args.stretch, args.value_range = blank(bands), blank(stretch), blank(value_range)
+    return args
+
+
 def blank(value):
     """A text field left empty means the flag's default."""
     value = (value or "").strip() if isinstance(value, str) else value
@@ -370,11 +383,7 @@ def build_app(weights: str | None = None, weights_dir: Path | str = "weights", d
         if not image:
             raise gr.Error("Upload a satellite image (PNG/JPEG) or a GeoTIFF first.")
         path = Path(image)
-        args = predict.parser().parse_args(["--weights", "-", "--input", str(path), "--out", "-",
-                                            "--max-megapixels", str(max_megapixels)])
-        args.eval, args.seed, args.tta = mode == "eval", int(seed or 0), bool(tta)
-        args.scale, args.gsd = float(1.0 if scale is None else scale), blank(gsd)
-        args.bands, args.stretch, args.value_range = blank(bands), blank(stretch), blank(value_range)
+        args = request_args(path, max_megapixels, mode, seed, tta, scale, gsd, bands, stretch, value_range)
         stop = bounds.Stop(max_seconds, [client_left(queue_event())])
         with running.register(getattr(request, "session_hash", None), stop), \
                 tempfile.TemporaryDirectory(prefix="sat2map-app-") as work:

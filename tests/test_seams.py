@@ -171,3 +171,12 @@ def test_a_port_out_of_range_is_one_line(command, capsys):
     with pytest.raises(SystemExit) as stop:
         module.main(["--port", "99999"])
     assert stop.value.code == 2 and "--port 99999: expected a port number from 0 to 65535" in capsys.readouterr().err
+
+
+def test_a_paper_mode_request_parses_whatever_the_servers_backend(monkeypatch, tmp_path):
+    """$SAT2MAP_BACKEND=onnxruntime is the app's eval mode's backend (Models); a request's own flags,
+    parsed by predict's parser, must not refuse the paper mode for it."""
+    app = pytest.importorskip("app")
+    monkeypatch.setenv("SAT2MAP_BACKEND", "onnxruntime")
+    args = app.request_args(tmp_path / "tile.png", 64, mode="paper", seed=3, bands=" ")
+    assert (args.eval, args.seed, args.bands, args.max_megapixels) == (False, 3, None, 64)
