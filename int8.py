@@ -8,7 +8,7 @@ per-channel weights), calibrated on tiles of the data at hand, and what it costs
 The calibration tiles are CALIBRATION_TILES tiles of --calibrate FOLDER or, by default, of the input
 itself, read as the engine reads them (bands, value scaling, --scale), spread over the files and over
 each file. The cost is measured on those tiles: mean and largest difference from float32 in levels of
-0-255, and how often the two agree on the map's structure class (evaluate.classify).
+0-255, and how often the two agree on the map's structure class (palette.classify).
 """
 import hashlib
 import logging
