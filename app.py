@@ -486,7 +486,7 @@ def main(argv=None):
                    f"else sat2map); the page offers it, every run under weights/ and the pretrained names")
     p.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
                    help="address to listen on; anything but 127.0.0.1 lets other machines use the app "
-                        "(see docs/app.md). Default: $GRADIO_SERVER_NAME (set on Hugging Face Spaces), else 127.0.0.1")
+                        "(see docs/app.md) (default: $GRADIO_SERVER_NAME, set on Hugging Face Spaces, else 127.0.0.1)")
     p.add_argument("--port", type=int, help="port to listen on (default: $GRADIO_SERVER_PORT, else the first "
                    "free one from 7860)")
     p.add_argument("--examples", default="data/maps/val", help="folder of A|B pairs whose first tiles are "
