@@ -37,6 +37,7 @@ from gradio.utils import get_upload_folder  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import backends  # noqa: E402
+import bands  # noqa: E402
 import bounds  # noqa: E402
 import cog  # noqa: E402
 import dataset  # noqa: E402
@@ -177,19 +178,16 @@ def preview_size(width: int, height: int) -> tuple[int, int]:
 
 def read_preview(path: Path, size: tuple[int, int], opts: raster.Options | None = None) -> Image.Image:
     """An RGB picture of a raster (the result, or the input scaled as the engine scales it), read at
-    preview size from its overviews; pixels without data are black."""
+    preview size from its overviews; pixels without data are black. A grey raster (a grey generator's
+    input or map) is shown as grey, its one band repeated (bands.pick_bands)."""
     with raster.rasterio_env():
         ds = raster.open_raster(path)
         with ds:
-            bands = [1, 2, 3] if opts is None else raster.pick_bands(ds, opts.bands, path)
+            chosen = bands.pick_bands(ds, None if opts is None else opts.bands, path)
             shape = (3, size[1], size[0])
-            data = ds.read(bands, out_shape=shape).astype(np.float64)
-            valid = np.all(ds.read_masks(sorted(set(bands)), out_shape=(len(set(bands)), *shape[1:])) > 0, axis=0)
-            lo = hi = None
-            if opts is not None and opts.value_range is not None:
-                lo, hi = np.full(3, opts.value_range[0]), np.full(3, opts.value_range[1])
-            elif opts is not None and (opts.stretch_given or any(ds.dtypes[b - 1] != "uint8" for b in bands)):
-                lo, hi, _ = raster.stretch_limits(ds, bands, *opts.stretch, path)
+            data = ds.read(chosen, out_shape=shape).astype(np.float64)
+            valid = np.all(ds.read_masks(sorted(set(chosen)), out_shape=(len(set(chosen)), *shape[1:])) > 0, axis=0)
+            lo, hi = (None, None) if opts is None else bands.value_limits(ds, chosen, opts, path)
     if lo is not None:
         data = (np.nan_to_num(data) - lo[:, None, None]) / (hi - lo)[:, None, None] * 255
     rgb = np.clip(np.nan_to_num(data), 0, 255).round().astype(np.uint8) * valid
@@ -291,11 +289,9 @@ def translate_file(models: Models, path: Path, label: str, args, progress, work:
     if out.suffix == ".tif":  # a georeferenced input: the COG as predict.py writes it, plus a PNG of it
         png, tif = work / f"{path.stem}.png", out
         cog.publish(out, png, "png")
-        gpkg = work / f"{path.stem}.gpkg"  # and its GIS layers, as predict.py --vector writes them
-        try:
-            vector.vectorise(out, gpkg, progress=lambda done, rows: vectorising(done, rows, progress, cancel))
-        except InputError as e:  # a map with nothing to vectorise keeps its map; the reason, without the path
-            gpkg, note = None, f" · no GIS layers: {str(e).split(': ', 1)[-1]}"
+        # and its GIS layers, as predict.py --vector writes them; a map with nothing to vectorise keeps its map
+        gpkg, why = vector.layers_beside(out, lambda done, rows: vectorising(done, rows, progress, cancel))
+        note = f" · no GIS layers: {why}" if why else ""
     if raster.is_picture(path):
         with Image.open(png) as result:
             width, height = result.size
@@ -336,6 +332,19 @@ def publish_files(paths: list[Path | None]) -> list[str | None]:
     return [None if p is None else save_file_to_cache(p, get_upload_folder()) for p in paths]
 
 
+def request_args(path: Path, max_megapixels: float, mode="paper", seed=0, tta=False, scale=1.0, gsd=None,
+                 bands="", stretch="", value_range=""):
+    """predict.py's flags for one request: its defaults, with the page's fields. The server's --backend
+    and --int8 act through Models; here --backend is pinned, so that a $SAT2MAP_BACKEND of onnxruntime
+    (the eval mode's) is not checked against a paper-mode request."""
+    args = predict.parser().parse_args(["--weights", "-", "--input", str(path), "--out", "-", "--backend", "auto",
+                                        "--max-megapixels", str(max_megapixels)])
+    args.eval, args.seed, args.tta = mode == "eval", int(seed or 0), bool(tta)
+    args.scale, args.gsd = float(1.0 if scale is None else scale), blank(gsd)
+    args.bands, args.stretch, args.value_range = blank(bands), blank(stretch), blank(value_range)
+    return args
+
+
 def blank(value):
     """A text field left empty means the flag's default."""
     value = (value or "").strip() if isinstance(value, str) else value
@@ -374,11 +383,7 @@ def build_app(weights: str | None = None, weights_dir: Path | str = "weights", d
         if not image:
             raise gr.Error("Upload a satellite image (PNG/JPEG) or a GeoTIFF first.")
         path = Path(image)
-        args = predict.parser().parse_args(["--weights", "-", "--input", str(path), "--out", "-",
-                                            "--max-megapixels", str(max_megapixels)])
-        args.eval, args.seed, args.tta = mode == "eval", int(seed or 0), bool(tta)
-        args.scale, args.gsd = float(1.0 if scale is None else scale), blank(gsd)
-        args.bands, args.stretch, args.value_range = blank(bands), blank(stretch), blank(value_range)
+        args = request_args(path, max_megapixels, mode, seed, tta, scale, gsd, bands, stretch, value_range)
         stop = bounds.Stop(max_seconds, [client_left(queue_event())])
         with running.register(getattr(request, "session_hash", None), stop), \
                 tempfile.TemporaryDirectory(prefix="sat2map-app-") as work:
@@ -481,7 +486,7 @@ def main(argv=None):
                    f"else sat2map); the page offers it, every run under weights/ and the pretrained names")
     p.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
                    help="address to listen on; anything but 127.0.0.1 lets other machines use the app "
-                        "(see docs/app.md). Default: $GRADIO_SERVER_NAME (set on Hugging Face Spaces), else 127.0.0.1")
+                        "(see docs/app.md) (default: $GRADIO_SERVER_NAME, set on Hugging Face Spaces, else 127.0.0.1)")
     p.add_argument("--port", type=int, help="port to listen on (default: $GRADIO_SERVER_PORT, else the first "
                    "free one from 7860)")
     p.add_argument("--examples", default="data/maps/val", help="folder of A|B pairs whose first tiles are "
@@ -497,19 +502,17 @@ def main(argv=None):
     p.add_argument("--queue", type=int, default=16, help="requests that may wait; beyond, a client is told "
                    "the queue is full and to try again")
     p.add_argument("--concurrency", type=int, default=1, help="translations run at once (one per model at most)")
-    backends.add_flags(p, "eval-mode requests", "required with --int8")
+    backends.add_flags(p, "eval-mode requests", "required with --int8", eval_mode=lambda args: True)
     add_device(p)
     args = p.parse_args(argv)
     for flag in ("--max-upload-mb", "--max-megapixels", "--max-seconds", "--max-models", "--queue", "--concurrency"):
         value = getattr(args, flag[2:].replace("-", "_"))
         if not value > 0:
             p.error(f"{flag} {value}: expected a positive number")
+    if args.port is not None and not 0 <= args.port <= 65535:
+        p.error(f"--port {args.port}: expected a port number from 0 to 65535")
     if args.int8 and args.calibrate is None:
         p.error("--int8 needs --calibrate FOLDER here: the server has no input to calibrate on before its requests")
-    try:
-        backends.check_flags(args.backend, True, "auto", args.int8, args.calibrate)
-    except InputError as e:
-        p.error(str(e))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # `kill` too ends through atexit's clean-up
     device = pick_device(args.device)
     backends.check_device(args.backend, device)

@@ -152,9 +152,12 @@ def default_backend() -> str:
     return value
 
 
-def add_flags(p, runs: str = "--eval", calibration: str = "default: tiles of --input itself"):
-    """--backend, --int8 and --calibrate, as every command that runs the generator has them. runs:
-    what they apply to; calibration: what --int8 calibrates on without --calibrate."""
+def add_flags(p, runs: str = "--eval", calibration: str = "default: tiles of --input itself",
+              eval_mode=lambda args: args.eval):
+    """--backend, --int8 and --calibrate, as every command that runs the generator has them, checked
+    when the command line is parsed (check_flags: a contradiction is a one-line usage error). runs: what
+    they apply to; calibration: what --int8 calibrates on without --calibrate; eval_mode(args): whether
+    the command runs the eval mode (its --eval by default)."""
     p.add_argument("--backend", choices=BACKENDS, default=default_backend(), help=(
         f"what runs the generator (default: ${BACKEND_VARIABLE}, else auto). auto: the paper mode on torch; "
         f"{runs} on the fastest path measured on this machine (a short probe at first use, cached per "
@@ -163,6 +166,9 @@ def add_flags(p, runs: str = "--eval", calibration: str = "default: tiles of --i
                    "calibrated on --calibrate); with auto, only where the CPU has VNNI or AMX-INT8 and it "
                    f"costs at most {INT8_MAX_MEAN_LEVELS:g} level of 255 on average")
     p.add_argument("--calibrate", metavar="FOLDER", help=f"--int8: images whose tiles calibrate it ({calibration})")
+    # a command without --amp runs torch's default precision, which never contradicts these flags
+    p.hooks.append(lambda args: check_flags(args.backend, eval_mode(args), getattr(args, "amp", "auto"), args.int8,
+                                            args.calibrate))
 
 
 def check_flags(backend: str, eval_mode: bool, amp: str, int8: bool, calibrate) -> None:
@@ -270,17 +276,17 @@ def cached_model(weights: Path, kind: str, settings: dict, make, log=None) -> Pa
         return path
 
 
-def exported(G: nn.Module, weights: Path, config: dict, log=None) -> Path:
+def exported(G: nn.Module, weights: Path, config: dict, log=None, opset: int = OPSET) -> Path:
     """The float32 ONNX export of G (eval mode) from the weights file, made once (export.export,
-    checked against torch) and cached."""
+    checked against torch) and cached; the ONNX Runtime backends' and the browser model's."""
     import export
-    settings = {"version": EXPORT_VERSION, "opset": OPSET, "mode": "eval",
+    settings = {"version": EXPORT_VERSION, "opset": opset, "mode": "eval",
                 **{k: config.get(k) for k in ("netG", "ngf", "norm", "dropout")}}
 
     def make(path: Path):
         cpu = copy.deepcopy(G).float().cpu()  # export puts the module in eval mode: a copy, not G
         with contextlib.redirect_stdout(io.StringIO()):  # the exporter's own progress lines
-            export.export(cpu, path, OPSET)
+            export.export(cpu, path, opset)
         diff = export.max_difference(cpu, path, shape=(1, channels(cpu)[0], 256, 256))
         if diff > 1e-4:
             raise InputError(f"{weights}: its ONNX export differs from PyTorch by {diff:.2e} (limit 1e-4)")

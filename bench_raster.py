@@ -171,14 +171,10 @@ def main():
                    "the network alone, and compare the quickest of each (this machine's speed drifts)")
     p.add_argument("--work", help="folder for the scenes and outputs (kept; default a temp folder)")
     p.add_argument("--json", action="store_true", help="also print the rows as one JSON line")
-    backends.add_flags(p, "--eval runs", "default: tiles of the scene")
+    backends.add_flags(p, "--eval runs", "default: tiles of the scene", eval_mode=lambda args: not args.paper)
     args = p.parse_args()
     if args.repeat < 1:
         p.error(f"--repeat {args.repeat}: expected 1 or more")
-    try:
-        backends.check_flags(args.backend, not args.paper, "auto", args.int8, args.calibrate)
-    except InputError as e:
-        p.error(str(e))
     runs_on = ["--backend", args.backend, *["--int8"] * args.int8, *(["--calibrate", args.calibrate] if args.calibrate else [])]
     work = Path(args.work or tempfile.mkdtemp(prefix="bench_raster."))
     work.mkdir(parents=True, exist_ok=True)

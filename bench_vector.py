@@ -3,9 +3,10 @@
     python bench_vector.py                          # 16000 x 16000, vector.py's defaults
     python bench_vector.py --sizes 4096,16000 --block 1024
     python bench_vector.py --sizes 1024             # a quick check that it runs
+    python bench_vector.py --input data/maps/val --work scenes/   # other real pairs; keep the scenes
 
-Each scene is a GeoTIFF (UTM, 0.5 m pixels) tiled with one real map (of the sample pairs in
-../shared/maps_sample, the one with the most road pixels), every other tile mirrored so that its
+Each scene is a GeoTIFF (UTM, 0.5 m pixels) tiled with one real map (of the A|B pairs in --input,
+default the sample pairs in ../shared/maps_sample: the one with the most road pixels), every other tile mirrored so that its
 streets, parks and water run on across tile edges: the scene's road network is one connected piece,
 the hardest case for the merge at block edges. It is written in strips, so making it takes little
 memory. Every run of vector.py is its own process; its peak RSS is the kernel's high-water mark
@@ -21,7 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
+import raster
 from config import command_parser
+from utils import InputError, replace_durably, run_command
 
 TARGET_MB = 2048  # peak RSS a 16000 x 16000 scene must stay under
 SAMPLE = Path(__file__).resolve().parent.parent / "shared" / "maps_sample"
@@ -44,7 +47,7 @@ def make_scene(path: Path, size: int, maps: Path, tile: int = 256) -> Path:
         half = img.crop((img.width // 2, 0, img.width, img.height)).resize((tile, tile), Image.NEAREST)
         halves.append(np.asarray(half).transpose(2, 0, 1))
     if not halves:
-        raise SystemExit(f"error: --maps {maps}: no A|B pair PNGs in it (the real sample pairs)")
+        raise InputError(f"--input {maps}: no A|B pair PNGs in it (expected real map pairs, such as the sample's)")
     t = max(halves, key=lambda h: int((palette.classify_rgb(h) == palette.CLASSES.index("road")).sum()))
     mirrored = {(i, j): t[:, ::-1 if i else 1, ::-1 if j else 1] for i in (0, 1) for j in (0, 1)}
     profile = {"driver": "GTiff", "width": size, "height": size, "count": 3, "dtype": "uint8", "crs": "EPSG:32633",
@@ -56,7 +59,7 @@ def make_scene(path: Path, size: int, maps: Path, tile: int = 256) -> Path:
             row = np.concatenate([mirrored[(ty // tile) % 2, (tx // tile) % 2] for tx in range(0, size, tile)], 2)
             h = min(tile, size - ty)
             dst.write(np.ascontiguousarray(row[:, :h, :size]), window=Window(0, ty, size, h))
-    tmp.rename(path)
+    replace_durably(tmp, path)
     return path
 
 
@@ -84,7 +87,8 @@ def measure(scene: Path, out: Path, block: int, classes: bool) -> dict:
                         str(out.with_suffix(".classes.tif")) if classes else "-", str(block)],
                        capture_output=True, text=True)
     if r.returncode != 0 or not r.stdout.strip():
-        raise RuntimeError(f"vector.py failed ({r.returncode}): {r.stderr.strip()[-2000:]}")
+        last = (r.stderr.strip().splitlines() or ["no message"])[-1]
+        raise InputError(f"{scene}: vector.py failed (exit status {r.returncode}): {last}")
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
@@ -96,11 +100,17 @@ def main(argv=None):
     p.add_argument("--sizes", default="16000", help="square scene sizes in px, comma-separated")
     p.add_argument("--block", type=int, default=vector.Settings.block, help="vector.py's --block")
     p.add_argument("--no-classes", action="store_true", help="leave out the class raster, as predict.py --vector does")
-    p.add_argument("--maps", default=str(SAMPLE), help="folder of real A|B map pairs the scenes are tiled with")
+    p.add_argument("--input", default=str(SAMPLE), help="folder of real A|B map pairs the scenes are tiled with")
     p.add_argument("--work", help="folder for the scenes and outputs (kept; default a temp folder)")
     p.add_argument("--json", action="store_true", help="also print the rows as one JSON line")
     args = p.parse_args(argv)
-    sizes = [int(s) for s in args.sizes.split(",")]
+    try:
+        sizes = raster.parse_list(args.sizes, "--sizes", int)
+        vector.Settings(block=args.block).check()
+    except InputError as e:
+        p.error(str(e))
+    if not sizes or min(sizes) < 1:
+        p.error(f"--sizes {args.sizes}: expected positive sizes in px")
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_vector-") as tmp:
         work = Path(args.work or tmp)
@@ -108,7 +118,7 @@ def main(argv=None):
         print(f"{'size':>6} {'block':>6} {'seconds':>8} {'MP/s':>6} {'RSS imports':>12} {'peak RSS':>9}  "
               f"{'polygons':>9} {'lines':>7}  2 GB")
         for size in sizes:
-            scene = make_scene(work / f"maps_{size}.tif", size, Path(args.maps))
+            scene = make_scene(work / f"maps_{size}.tif", size, Path(args.input))
             r = measure(scene, work / f"maps_{size}.gpkg", args.block, not args.no_classes)
             r.update(size=size, block=args.block)
             rows.append(r)
@@ -122,4 +132,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command(main))

@@ -2,7 +2,7 @@
 ONNX Runtime in Python on the same browser-sized model, in one run.
 
     python bench_web.py --weights weights/maps/G.pt
-    python bench_web.py --weights sat2map --input photo.png --repeat 3
+    python bench_web.py --weights sat2map --input photo.png --repeat 3 --calibrate tiles/   # int8 (full size)
 
 It exports --weights as export.py --web does (into a temporary models/ folder), then times: ONNX Runtime
 in Python (CPU provider, all cores and one thread) on the page's tiles in the page's batches; the page
@@ -14,7 +14,6 @@ quiet machine: any other load changes the figures.
 """
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -25,6 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+import probe
 import web_export
 from config import WEIGHTS_HELP, command_parser
 from generator import load_generator
@@ -38,15 +38,6 @@ BATCH = 4  # tiles per session.run, as web/worker.js runs them
 CHROMIUM = os.environ.get("SAT2MAP_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-
-def cpu_name() -> str:
-    """The CPU's model name where Linux tells it, else what the platform module knows."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
 
 
 def picture_tiles(picture: Path, tile=web_export.TILE, overlap=web_export.OVERLAP) -> int:
@@ -110,6 +101,9 @@ def main(argv=None):
     p.add_argument("--size", default="1024x768", help="WIDTHxHEIGHT of the random picture")
     p.add_argument("--repeat", type=int, default=2, help="timed runs of each path (after one to warm up)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random picture")
+    p.add_argument("--calibrate", metavar="FOLDER", help="satellite pictures the browser model's int8 is "
+                   "calibrated on (export.py --web --calibrate): needed where float16 is over 60 MB, e.g. the "
+                   "full-size generator")
     args = p.parse_args(argv)
     if not (Path(__file__).parent / "web" / "vendor" / "ort.wasm.bundle.min.mjs").is_file():
         raise InputError("web/vendor/ is empty: run `npm ci` in web/ first")
@@ -117,11 +111,11 @@ def main(argv=None):
     with tempfile.TemporaryDirectory(prefix="sat2map-bench-web-") as tmp:
         models = Path(tmp) / "models"
         models.mkdir()
-        card = web_export.export_web(G, config, args.weights, models / "bench.onnx")
+        card = web_export.export_web(G, config, args.weights, models / "bench.onnx", calibrate=args.calibrate)
         picture = Path(args.input) if args.input else random_picture(Path(tmp) / "random.png", args.size, args.seed)
         tiles = picture_tiles(picture)
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        print(f"{cpu_name()}, {cores} cores; onnxruntime {ort_version()}, onnxruntime-web {web_version()}; model "
+        print(f"{probe.hardware().cpu}, {cores} cores; onnxruntime {ort_version()}, onnxruntime-web {web_version()}; model "
               f"{card['precision']} ngf {card['ngf']} ({card['bytes'] / 1e6:.1f} MB); {picture.name}: {tiles} tiles of 256 px")
         print(f"{'path':<58} {'network tiles/s':>15} {'page tiles/s':>13}")
         for threads in (0, 1):

@@ -10,7 +10,6 @@ pix2pix spellings.
 import argparse
 import dataclasses
 import difflib
-import json
 import math
 import sys
 from dataclasses import dataclass, field
@@ -196,9 +195,6 @@ class Config:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
 
 
 # Settings that fix the shape of the networks: a checkpoint only continues under the same values.

@@ -8,8 +8,9 @@
 Writes OUT/grid_input.png, grid_output.png, grid_target.png (3x8), grid_triplets.png (input | output |
 target per row), metrics.json, per_image.csv (pixel metrics, structure IoUs and GIS figures per image),
 and prints a table. Metrics are defined in docs/evaluation.md; `evaluate_pairs` computes them, here and in
-train.py's validation (which leaves out the GIS figures). A generator of grey images (--output-nc 1) gets the pixel metrics; the structure classes
-and the GIS figures are colours of RGB maps. The official test.py's options work too (official.py).
+train.py's validation (which leaves out the GIS figures). A generator of grey images (--output-nc 1)
+gets the pixel metrics; the structure classes and the GIS figures are colours of RGB maps. The official
+test.py's options work too (official.py).
 """
 import csv
 import io
@@ -32,8 +33,9 @@ import official
 import vector
 from config import WEIGHTS_HELP, add_device, command_parser
 from generator import channels, tta
-from palette import CLASSES, classify
+from palette import CLASSES, PARK, WATER, classify
 from utils import InputError, as_rgb, atomic_write_text, pick_device, run_command, save_grid
+
 
 def gaussian_ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """SSIM of Wang et al. 2004 per image: 11x11 Gaussian window (sigma 1.5), K1 0.01, K2 0.03, data
@@ -123,7 +125,7 @@ class GISFigures:
         row = {"road_len": lengths[0], "road_len_target": lengths[1],
                "road_complete": matched_target / lengths[1] if lengths[1] else None,
                "road_correct": matched / lengths[0] if lengths[0] else None}
-        for name, c in (("water", vector.WATER), ("park", vector.PARK)):
+        for name, c in (("water", WATER), ("park", PARK)):
             for suffix, layers in (("", fake_layers), ("_target", real_layers)):
                 row[f"{name}_area{suffix}"] = sum(g.area for k, g in layers.polygons if k == c)
         self.rows.append(row)
@@ -136,7 +138,6 @@ class GISFigures:
         total, total_target = (sum(r[k] for r in self.rows) for k in ("road_len", "road_len_target"))
         return {**mean, "road_complete": self.matched_target / total_target if total_target else None,
                 "road_correct": self.matched / total if total else None}
-
 
 
 def evaluate_pairs(G, pairs, direction="AtoB", device="cpu", paper=True, seed=0, keep=(), inception=None,
@@ -223,10 +224,6 @@ def main(argv=None):
         p.error(f"--samples {args.samples}: expected at least 1")
     if args.max_pairs < 0:
         p.error(f"--max-pairs {args.max_pairs}: expected 0 (all) or a positive count")
-    try:
-        backends.check_flags(args.backend, args.eval, "off", args.int8, args.calibrate)
-    except InputError as e:
-        p.error(str(e))
     root, split = data_folder(args, p)
     out = Path(args.out)
     if out.exists() and not out.is_dir():

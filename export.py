@@ -1,14 +1,15 @@
 """Export a generator to ONNX (eval mode: running BatchNorm statistics, no dropout) and check it.
 
     python export.py --weights weights/maps/G.pt --out sat2map.onnx
-    python export.py --weights weights/maps/G.pt --web web/models/sat2map.onnx   # for the page in web/
+    python export.py --weights weights/maps/G.pt --web web/models/sat2map.onnx --calibrate data/maps/val --pairs
 
 Batch, height and width are dynamic; height and width must be multiples of 256 (128 for unet_128, 4 for
 the ResNet generators). PyTorch's exporter (torch.export, then onnxscript) traces the generator on
 --device. The exported model is run with onnxruntime on a random input (--seed) and compared with
 PyTorch float32 on the CPU before the command succeeds. The U-Net's transposed convolutions are
-written as convolutions (SubPixelUp): the same sums, in the form ONNX Runtime runs in int8 (--int8). --web writes the browser-sized model and its
-card instead (web_export.py).
+written as convolutions (SubPixelUp): the same sums, in the form ONNX Runtime runs in int8 (--int8).
+--web writes the browser-sized model and its card instead (web_export.py), from the export that
+--backend onnxruntime runs (made on the CPU and cached beside the weights).
 """
 import copy
 import sys

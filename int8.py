@@ -8,7 +8,7 @@ per-channel weights), calibrated on tiles of the data at hand, and what it costs
 The calibration tiles are CALIBRATION_TILES tiles of --calibrate FOLDER or, by default, of the input
 itself, read as the engine reads them (bands, value scaling, --scale), spread over the files and over
 each file. The cost is measured on those tiles: mean and largest difference from float32 in levels of
-0-255, and how often the two agree on the map's structure class (evaluate.classify).
+0-255, and how often the two agree on the map's structure class (palette.classify).
 """
 import hashlib
 import logging
@@ -82,7 +82,7 @@ def calibration_tiles(files: list[Path], opts: raster.Options, count: int = CALI
 def folder_tiles(folder, in_channels: int = 3) -> torch.Tensor:
     """Calibration tiles of the images in a folder (--calibrate FOLDER), read whole with the default
     raster options, for a generator of in_channels."""
-    return calibration_tiles(raster.input_files(Path(folder)), raster.Options(Engine()), in_channels=in_channels)
+    return calibration_tiles(raster.input_files(Path(folder), "--calibrate"), raster.Options(Engine()), in_channels=in_channels)
 
 
 class TileReader:
@@ -105,7 +105,7 @@ def quantize_int8(fp32_onnx: Path, out: Path, tiles) -> Path:
     ranges (MinMax) calibrated on tiles: float32 (N, C, H, W) in [-1, 1], an array or a tensor. uint8
     activations against int8 weights are what ONNX Runtime's x86 kernels multiply natively (VNNI's
     unsigned-by-signed dot product): on an AMD Zen 4 the full-size U-Net ran 2.7x faster than float32
-    with them, 1.2x with int8 activations (docs/performance.md)."""
+    with them, 1.2x with int8 activations (docs/performance.md#int8)."""
     import onnxruntime as ort
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -158,7 +158,8 @@ def levels(y: torch.Tensor) -> torch.Tensor:
 def cost(fp32_net, int8_net, tiles: torch.Tensor, batch: int = 4) -> Cost:
     """What int8 changes on the tiles: level differences from float32 and, for RGB maps, how often
     the structure classes agree and their IoU over the tiles (evaluate.StructureIoU)."""
-    from evaluate import StructureIoU, classify
+    from evaluate import StructureIoU
+    from palette import classify
     diff_sum = diff_max = agree = 0.0
     iou, rgb = StructureIoU(), True
     with fp32_net.inference(False, 0), int8_net.inference(False, 0):

@@ -17,6 +17,7 @@ import torch
 # prototypes per class; a pixel takes the class of its nearest prototype, and is background when no
 # prototype is within PALETTE_RADIUS.
 CLASSES = ("background", "road", "highway", "water", "park")
+ROAD, HIGHWAY, WATER, PARK = (CLASSES.index(n) for n in ("road", "highway", "water", "park"))  # class ids
 PALETTE = {
     "background": [(236, 228, 220), (244, 244, 236), (228, 228, 220), (236, 236, 228), (220, 220, 212)],
     "road": [(252, 252, 252)],

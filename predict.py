@@ -28,11 +28,12 @@ import bounds
 import dataset
 import int8
 import official
+import parts
 import raster
 import tiles
 import vector
 from config import WEIGHTS_HELP, add_device, command_parser
-from generator import channels, load_generator
+from generator import channels
 from utils import Cancelled, InputError, gather_objects, init_distributed, made_folder, pick_device, run_command
 
 SHOW_PIXELS = 1 << 21  # the progress bar appears from this many input pixels on (32 tiles of 256 px)
@@ -100,24 +101,16 @@ def parse(argv=None) -> tuple:
     p = parser()
     args = p.parse_args(argv)
     try:
-        backends.check_flags(args.backend, args.eval, args.amp, args.int8, args.calibrate)
         return args, options(args)
     except InputError as e:  # a malformed flag is a usage error
         p.error(str(e))
-
-
-def load(weights, device, amp="auto", eval_mode=False):
-    """The generator module of the torch path (backends.torch_choice): --amp's precision, and
-    channels-last with --eval. Returns (G, its saved config)."""
-    G, config = load_generator(weights, device)
-    return backends.prepare_torch(G, backends.torch_choice(amp, device, eval_mode, "")), config
 
 
 def load_net(args, device, opts: raster.Options, files: list[Path], rank: int, world: int):
     """backends.load with predict's flags: (net, config, choice). int8 calibrates on tiles of
     --calibrate, else of the inputs (all of them, so every process calibrates alike). Under torchrun
     rank 0 loads first: it alone probes, exports and quantizes, and the others find what it made."""
-    calibration = raster.input_files(Path(args.calibrate)) if args.calibrate else files
+    calibration = raster.input_files(Path(args.calibrate), "--calibrate") if args.calibrate else files
 
     def tiles_of(config: dict):
         opts.direction = args.direction or config["direction"]  # --pairs reads the direction's half
@@ -149,6 +142,9 @@ def run(args, opts: raster.Options, files: list[Path]) -> int:
     try:
         G, config, choice = load_net(args, pick_device(args.device), opts, files, rank, world)
         official.check_generator(config, args.expect, args.weights)
+        if args.vector and config["output_nc"] != 3:
+            raise InputError(f"--vector: {args.weights} draws grey (1-band) images, and the GIS layers come from "
+                             f"the palette's colours of RGB maps (vector.py); leave --vector out")
         opts.direction = args.direction or config["direction"]
         with made_folder(out_dir), bounds.ctrl_c_stops() as stop:  # the folder goes again if every input is skipped
             failed = translate_files(G, files, out_dir, opts, rank, world, stop, args.vector)
@@ -170,14 +166,14 @@ def share_work(files: list[Path], opts: raster.Options, world: int) -> list[list
     """Each process's units of work, (file index, part or None, input pixels): a GDAL raster larger than
     a fair share is cut into one band per process (`part` = (k, n), band k to process k), the other
     files go whole, largest first, to the process with the least work so far."""
-    pixels = [raster.input_pixels(f) for f in files]
+    pixels = [parts.input_pixels(f) for f in files]
     work, loads = [[] for _ in range(world)], [0] * world
     whole = []
     for i, f in enumerate(files):
         n = 1
         if world > 1 and not raster.is_picture(f) and pixels[i] > sum(pixels) / world:
             try:
-                n = raster.parts_of(f, opts, world)
+                n = parts.parts_of(f, opts, world)
             except InputError:  # reported when the file is translated
                 pass
         if n == 1:
@@ -207,12 +203,13 @@ def translate_files(G, files: list[Path], out_dir: Path, opts: raster.Options, r
             bounds.check_size(files[i], opts)
             out = raster.predict_file(G, files[i], out_dir, opts, progress=progress.unit(px), part=part,
                                       cancel=cancel)
-            if layers and part is None:
-                vector.vectorise(out, out.with_suffix(".gpkg"))
         except InputError as e:  # dataset.DataError is one too
             failures.setdefault(i, str(e))
         except Cancelled as e:
             raise Cancelled(f"{files[i]}: {e}; nothing of it was written") from None
+        else:
+            if layers and part is None:
+                add_layers(out, cancel)
         progress.unit_done()
     progress.wait_for_all()
     for other in gather_objects(failures):
@@ -222,19 +219,32 @@ def translate_files(G, files: list[Path], out_dir: Path, opts: raster.Options, r
         shared = sorted({(i, part[1]) for units in work for i, part, _ in units if part is not None})
         for i, n in shared:
             if i in failures:
-                raster.discard_parts(files[i], out_dir, n)
+                parts.discard_parts(files[i], out_dir, n)
                 continue
             try:
-                out = raster.assemble(files[i], out_dir, opts, n, channels(G)[0])
-                if layers:
-                    vector.vectorise(out, out.with_suffix(".gpkg"))
+                out = parts.assemble(files[i], out_dir, opts, n, channels(G)[0])
             except InputError as e:
                 failures[i] = str(e)
+            else:
+                if layers:
+                    add_layers(out, cancel)
         for i in sorted(failures):
             raster.report(f"{failures[i]}: skipped")
     # every process exits with rank 0's status, and only once rank 0 is done: torchrun stops the
     # others as soon as one process exits with an error
     return progress.agree(len(failures) if rank == 0 else None)
+
+
+def add_layers(out: Path, cancel=None):
+    """--vector: the GIS layers of the map `out` into <stem>.gpkg beside it (vector.layers_beside). A map
+    with nothing to vectorise keeps its map, with a note; a stop while vectorising leaves the map and no
+    layers."""
+    try:
+        _, why = vector.layers_beside(out, lambda done, rows: tiles.stop_if(cancel))
+    except Cancelled as e:
+        raise Cancelled(f"{out}: {e} while vectorising; the map is written, its layers are not") from None
+    if why:
+        raster.report(f"note: {out}: no GIS layers: {why}")
 
 
 class JobProgress:

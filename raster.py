@@ -3,14 +3,14 @@
     python predict.py --weights sat2map --input scene.tif --out out/ --bands 3,2,1 --gsd 1.2
 
 predict.py is the command; this file does the work. An input is read as a *source* (a GDAL raster
-through rasterio, or a decoded PNG/JPEG), run through the tile engine, and written to a *sink* (a
-GeoTIFF on the input's grid, or a PNG). A raster is never held whole: the engine reads and writes it
-window by window, so memory depends on the tile and the block, not on the raster. Under torchrun a
-large raster is translated band by band into part files, one per process, which `assemble` joins.
-The band count in and out is the generator's (generator.channels): three, or one for grey.
+through rasterio, its bands and values chosen by bands.py, or a decoded PNG/JPEG), run through the tile
+engine, and written to a *sink* (a GeoTIFF on the input's grid, or a PNG). A raster is never held
+whole: the engine reads and writes it window by window, so memory depends on the tile and the block,
+not on the raster. Under torchrun a large raster is translated band by band into part files, one per
+process, which parts.py joins. The band count in and out is the generator's (generator.channels):
+three, or one for grey.
 """
 import contextlib
-import glob
 import math
 import os
 import sys
@@ -19,24 +19,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
-import dataset
 import cog
+import dataset
+from bands import RasterSource, pick_bands, valid_mask, value_limits
 from generator import channels
 from tiles import ArraySink, Engine, TensorSource
 from utils import InputError, first_line
 
 RASTER_EXTS = (".tif", ".tiff", ".vrt", ".img", ".jp2")  # what a folder listing treats as rasters
 GDAL_CACHE_MB = 32  # GDAL's block cache counts in our memory; the engine never needs more than this
-SAMPLE_WINDOWS = 10  # the stretch samples SAMPLE_WINDOWS^2 windows, one in each cell of a grid
-SAMPLE_SIZE = 64  # px side of a sampling window
-OVERVIEW_PIXELS = 1 << 20  # an overview this small or smaller is read whole for the stretch
 
 
 # ----------------------------------------------------------------------------------------------------
-# Reading rasters: bands, value scaling, masks
+# Opening rasters, and flags that list values
 
 
 def rasterio_env():
@@ -92,162 +89,6 @@ def parse_list(text: str, flag: str, kind=float, count: int | None = None) -> li
     return values
 
 
-def pick_bands(ds, requested: list[int] | None, path, count: int = 3) -> list[int]:
-    """The `count` 1-based bands fed to the model. Three: `requested` (one band is repeated as grey),
-    else the red, green and blue bands by colour interpretation, else the first three bands that are
-    not alpha (a single band is repeated as grey). One (a grey generator): `requested`, else the only
-    band that is not alpha."""
-    from rasterio.enums import ColorInterp
-    if count == 1:
-        return pick_grey_band(ds, requested, path)
-    if requested is not None:
-        if not requested:
-            raise InputError(f"{path}: --bands leaves no band to translate (expected 3 bands, or 1 for grey)")
-        bad = [b for b in requested if not 1 <= b <= ds.count]
-        if bad:
-            raise InputError(f"{path}: --bands {','.join(map(str, requested))}: band {bad[0]} is out of range "
-                             f"(this raster has bands 1..{ds.count})")
-        if len(requested) not in (1, 3):
-            raise InputError(f"{path}: --bands names {len(requested)} bands; expected 3 (R,G,B) or 1 (grey)")
-        return requested * 3 if len(requested) == 1 else requested
-    interp = list(ds.colorinterp)
-    rgb = [interp.index(c) + 1 for c in (ColorInterp.red, ColorInterp.green, ColorInterp.blue) if c in interp]
-    if len(rgb) == 3:
-        return rgb
-    data = [i + 1 for i, c in enumerate(interp) if c != ColorInterp.alpha]
-    if not data:
-        raise InputError(f"{path}: no bands left to translate (its only bands are alpha)")
-    if len(data) == 2:
-        raise InputError(f"{path}: 2 data bands; pass --bands B (grey) or three bands such as --bands 1,2,2")
-    return data[:3] if len(data) >= 3 else data * 3
-
-
-def pick_grey_band(ds, requested: list[int] | None, path) -> list[int]:
-    """The one band a grey generator reads: `requested`, else the raster's only data band."""
-    from rasterio.enums import ColorInterp
-    if requested is None:
-        requested = [i + 1 for i, c in enumerate(ds.colorinterp) if c != ColorInterp.alpha]
-        if len(requested) != 1:
-            raise InputError(f"{path}: {len(requested)} data bands, and the generator takes one (grey): "
-                             f"pass --bands B")
-    if len(requested) != 1 or not 1 <= requested[0] <= ds.count:
-        raise InputError(f"{path}: --bands {','.join(map(str, requested))}: the generator takes one band (grey) "
-                         f"of this raster's 1..{ds.count}: pass --bands B")
-    return requested
-
-
-def valid_mask(ds, bands: list[int], window, data: np.ndarray | None = None) -> np.ndarray:
-    """Bool (h, w): True where every chosen band is valid (GDAL's nodata, mask and alpha, and finite
-    values for float data). `data`: the bands' values in the window, as read, when the caller has them."""
-    if data is not None and data.dtype.kind in "iu" and all(nodata_only(ds, b) for b in bands):
-        return np.all([band != ds.nodatavals[b - 1] for b, band in zip(bands, data)], axis=0)
-    valid = np.all(ds.read_masks(sorted(set(bands)), window=window) > 0, axis=0)
-    if data is not None and np.issubdtype(data.dtype, np.floating):
-        valid &= np.all(np.isfinite(data), axis=0)
-    return valid
-
-
-def nodata_only(ds, band: int) -> bool:
-    """Whether GDAL's mask of this integer band is its nodata value and nothing else, with a value
-    the band's type can hold: then the mask is `values != nodata`, and asking GDAL for it would read
-    and decode the band a second time."""
-    nodata = ds.nodatavals[band - 1]
-    if [f.name for f in ds.mask_flag_enums[band - 1]] != ["nodata"] or nodata is None:
-        return False
-    info = np.iinfo(ds.dtypes[band - 1])
-    return float(nodata).is_integer() and info.min <= nodata <= info.max
-
-
-def stretch_limits(ds, bands: list[int], low: float, high: float, path) -> tuple[np.ndarray, np.ndarray, int]:
-    """Per-band (low, high) percentiles of the valid pixels, from an overview when the raster has one
-    of at most OVERVIEW_PIXELS, else from a stratified sample of small windows (one per cell of a
-    SAMPLE_WINDOWS^2 grid), falling back to scanning blocks when the sample holds no valid pixel.
-    Never reads the whole raster at full resolution. Returns (lo, hi, pixels read per band)."""
-    values = sample_values(ds, bands, path)
-    lo = np.array([np.percentile(v, low) for v in values], dtype=np.float64)
-    hi = np.array([np.percentile(v, high) for v in values], dtype=np.float64)
-    return lo, np.maximum(hi, lo + 1e-6), len(values[0])
-
-
-def sample_values(ds, bands: list[int], path) -> list[np.ndarray]:
-    """Valid values of each chosen band from an overview, a window sample, or a block scan."""
-    from rasterio.windows import Window
-    overviews = ds.overviews(bands[0])
-    small = [f for f in overviews if math.ceil(ds.width / f) * math.ceil(ds.height / f) <= OVERVIEW_PIXELS]
-    if small:
-        shape = (math.ceil(ds.height / small[0]), math.ceil(ds.width / small[0]))
-        windows = [(None, shape)]
-    else:
-        rng = np.random.default_rng(0)
-        n = SAMPLE_WINDOWS
-        size_y, size_x = min(SAMPLE_SIZE, ds.height), min(SAMPLE_SIZE, ds.width)
-        windows = []
-        for i in range(n):
-            for j in range(n):
-                y0 = int(i * (ds.height - size_y) / n + rng.integers(0, max(1, (ds.height - size_y) // n + 1)))
-                x0 = int(j * (ds.width - size_x) / n + rng.integers(0, max(1, (ds.width - size_x) // n + 1)))
-                windows.append((Window(min(x0, ds.width - size_x), min(y0, ds.height - size_y), size_x, size_y), None))
-    values = collect(ds, bands, windows)
-    if not len(values[0]):  # valid pixels may be rare: look for them block by block
-        values = collect(ds, bands, ((w, None) for _, w in ds.block_windows(bands[0])),
-                         limit=SAMPLE_WINDOWS ** 2 * SAMPLE_SIZE ** 2)
-    if not len(values[0]):
-        raise InputError(f"{path}: every pixel of bands {','.join(map(str, bands))} is nodata or masked; "
-                         f"nothing to translate")
-    return values
-
-
-def collect(ds, bands: list[int], windows, limit: int | None = None) -> list[np.ndarray]:
-    """The valid values of each band in the given (window, out_shape) reads, up to `limit` pixels."""
-    chosen = sorted(set(bands))
-    found = {b: [] for b in chosen}
-    count = 0
-    for win, shape in windows:
-        shape = None if shape is None else (len(chosen), *shape)
-        data = ds.read(chosen, window=win, out_shape=shape)
-        masks = ds.read_masks(chosen, window=win, out_shape=shape)
-        valid = np.all(masks > 0, axis=0)
-        if np.issubdtype(data.dtype, np.floating):
-            valid &= np.all(np.isfinite(data), axis=0)
-        for b, band in zip(chosen, data):
-            found[b].append(band[valid].astype(np.float64))
-        count += int(valid.sum())
-        if limit and count >= limit:
-            break
-    return [np.concatenate(found[b]) for b in bands]
-
-
-class RasterSource:
-    """The chosen bands of a rasterio dataset (three, or one for a grey generator), scaled to [-1, 1]:
-    uint8 as it is, anything else through (value - lo) / (hi - lo) per band, clipped; plus the validity
-    mask."""
-
-    def __init__(self, ds, bands: list[int], lo=None, hi=None):
-        self.ds, self.bands = ds, bands
-        self.height, self.width = ds.height, ds.width
-        self.lo = None if lo is None else torch.tensor(lo, dtype=torch.float32).view(-1, 1, 1)
-        self.hi = None if hi is None else torch.tensor(hi, dtype=torch.float32).view(-1, 1, 1)
-
-    def read_raw(self, y0, y1, x0, x1):
-        """The bands' values in a window, as stored, and where they are valid."""
-        from rasterio.windows import Window
-        win = Window(x0, y0, x1 - x0, y1 - y0)
-        data = self.ds.read(self.bands, window=win)
-        return data, torch.from_numpy(valid_mask(self.ds, self.bands, win, data))
-
-    def scale(self, data: np.ndarray) -> torch.Tensor:
-        """Stored values -> float (C, h, w) in [-1, 1]."""
-        if self.lo is None:
-            return torch.from_numpy(data).float().div_(127.5).sub_(1)
-        x = data.astype(np.float32)
-        x = torch.from_numpy(x if data.dtype.kind in "iu" else np.nan_to_num(x, copy=False))
-        return x.sub_(self.lo).div_(self.hi - self.lo).clamp_(0, 1).mul_(2).sub_(1)
-
-    def read(self, y0, y1, x0, x1):
-        data, valid = self.read_raw(y0, y1, x0, x1)
-        return self.scale(data), valid
-
-
 # ----------------------------------------------------------------------------------------------------
 # Writing rasters (the files themselves: cog.py)
 
@@ -298,15 +139,16 @@ def is_picture(path: Path) -> bool:
     return path.suffix.lower() in dataset.IMG_EXTS
 
 
-def input_files(src: Path) -> list[Path]:
-    """The inputs to translate: one file, or a folder's images and rasters (sorted)."""
+def input_files(src: Path, flag: str = "--input") -> list[Path]:
+    """The inputs to translate: one file, or a folder's images and rasters (sorted); a bad `src` is an
+    InputError naming the flag that gave it (--input, or --calibrate's folder)."""
     if src.is_dir():
         files = sorted(p for p in src.iterdir() if p.is_file() and p.suffix.lower() in dataset.IMG_EXTS + RASTER_EXTS)
         if not files:
-            raise InputError(f"--input {src}: no images ({', '.join(dataset.IMG_EXTS + RASTER_EXTS)}) in this folder")
+            raise InputError(f"{flag} {src}: no images ({', '.join(dataset.IMG_EXTS + RASTER_EXTS)}) in this folder")
         return files
     if not src.is_file():
-        raise InputError(f"--input {src}: no such file or folder")
+        raise InputError(f"{flag} {src}: no such file or folder")
     return [src]
 
 
@@ -491,11 +333,7 @@ def plan_raster(ds, path: Path, out_dir: Path, opts: Options, in_channels: int =
     """Decide bands (`in_channels` of them), value scaling, output and working grid; every process of a
     shared raster decides the same (the stretch sample is seeded)."""
     bands = pick_bands(ds, opts.bands, path, in_channels)
-    lo = hi = None
-    if opts.value_range is not None:
-        lo, hi = np.array([opts.value_range[0]] * len(bands)), np.array([opts.value_range[1]] * len(bands))
-    elif opts.stretch_given or any(ds.dtypes[b - 1] != "uint8" for b in bands):
-        lo, hi, _ = stretch_limits(ds, bands, *opts.stretch, path)
+    lo, hi = value_limits(ds, bands, opts, path)
     georef = is_georeferenced(ds)
     fmt = opts.fmt or ("tif" if georef else "png")
     out = out_dir / f"{path.stem}.{fmt}"
@@ -529,6 +367,11 @@ def working_source(ds, plan: RasterPlan):
         yield RasterSource(vrt, plan.bands, plan.lo, plan.hi)
 
 
+def part_path(out: Path, k: int, n: int) -> Path:
+    """The temp file of band k of n of the output `out`, next to it (parts.py joins them)."""
+    return out.with_name(f".{out.stem}.part{k}of{n}.tif")
+
+
 def predict_raster(G, ds, path: Path, out_dir: Path, opts: Options, progress, part=None, stats=None,
                    cancel=None) -> Path:
     """A GDAL raster: pick and scale bands, resample to the working resolution if asked, translate
@@ -549,88 +392,6 @@ def predict_raster(G, ds, path: Path, out_dir: Path, opts: Options, progress, pa
             target.unlink(missing_ok=True)
             raise
         return target
-
-
-# ----------------------------------------------------------------------------------------------------
-# One raster shared between processes: each translates a band into its part file, one joins them
-
-
-def part_path(out: Path, k: int, n: int) -> Path:
-    """The temp file of band k of n of the output `out`, next to it."""
-    return out.with_name(f".{out.stem}.part{k}of{n}.tif")
-
-
-def parts_of(path: Path, opts: Options, n: int) -> int:
-    """How many bands a raster is cut into for n processes (fewer when it has fewer tile rows)."""
-    with rasterio_env():
-        ds = open_raster(path)
-        with ds:
-            width, height, _ = working_size(ds, path, opts)
-    return len(opts.engine.bands(height, width, n))
-
-
-def assemble(path: Path, out_dir: Path, opts: Options, n: int, in_channels: int = 3, rows: int = 512) -> Path:
-    """Join the n part files of a shared raster, band after band, window by window, into the working
-    GTiff, then finish it as a one-process run does (resample back, COG or PNG); removes the parts.
-    The result equals the one-process output: each band was translated exactly as in a whole run.
-    in_channels: the generator's (which bands of the input were read)."""
-    import rasterio
-    from rasterio.windows import Window
-    with rasterio_env():
-        ds = open_raster(path)
-        with ds:
-            plan = plan_raster(ds, path, out_dir, opts, in_channels)
-            parts = [part_path(plan.out, k, n) for k in range(n)]
-            work = plan.out.with_name(f".{plan.out.stem}.work.tif")
-            grid = plan.out.with_name(f".{plan.out.stem}.grid.tif")
-            try:
-                missing = [p for p in parts if not p.is_file()]
-                if missing:
-                    raise InputError(f"{path}: part {missing[0]} is missing; with several machines, --out must "
-                                     f"be a folder all of them see (a shared file system)")
-                valid, top = 0, 0
-                overviews = plan.fmt == "tif" and not plan.resampled and cog.overviews_fit(plan.width, plan.height, None)
-                with rasterio.open(parts[0]) as first:
-                    count = first.count - plan.alpha  # the generator's output channels
-                with contextlib.ExitStack() as files:
-                    sink = cog.open_sink(files, work, plan.width, plan.height, ds.crs, plan.transform, plan.alpha,
-                                         overviews=overviews, channels=count)
-                    for part in parts:
-                        with rasterio.open(part) as src:
-                            for y in range(0, src.height, rows):
-                                win = Window(0, y, src.width, min(rows, src.height - y))
-                                mask = src.read(count + 1, window=win) if plan.alpha else src.read_masks(1, window=win)
-                                sink.write_uint8(top + y, 0, src.read(list(range(1, count + 1)), window=win), mask > 0)
-                                valid += int(np.count_nonzero(mask))
-                            top += src.height
-                    sink.finish()
-                finish(work, grid, plan.out, plan.fmt, valid, plan.alpha, (ds, plan.bands) if plan.resampled else None,
-                       overviews)
-            finally:
-                cog.remove(work, grid, *parts)
-    return plan.out
-
-
-def discard_parts(path: Path, out_dir: Path, n: int):
-    """Remove whatever part files of a shared raster exist (after a failure)."""
-    for f in out_dir.glob(f".{glob.escape(path.stem)}.part*of{n}.tif"):
-        f.unlink(missing_ok=True)
-
-
-def input_pixels(path: Path) -> int:
-    """A file's pixel count from its header (no decoding), to share files out by work; 0 when it
-    cannot be read (the error is reported when it is translated)."""
-    try:
-        if is_picture(path):
-            from PIL import Image
-            with Image.open(path) as img:
-                return img.width * img.height
-        with rasterio_env():
-            ds = open_raster(path)
-            with ds:
-                return ds.width * ds.height
-    except Exception:
-        return 0
 
 
 def report(message: str):

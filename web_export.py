@@ -1,18 +1,18 @@
 """The browser-sized export for the static page in web/: a small ONNX model and its JSON card.
 
-    python export.py --weights weights/maps/G.pt --web web/models/sat2map.onnx
+    python export.py --weights weights/maps/G.pt --web web/models/sat2map.onnx --calibrate data/maps/val --pairs
 
-export.py's --web calls `export_web`. The model is the eval-mode export of export.py (checked against
-PyTorch) with its weights stored small enough for a browser to fetch: float16 initializers, each cast
+export.py's --web calls `export_web`. The model is the eval-mode export of export.py, checked against
+PyTorch and cached beside the weights as --backend onnxruntime's (backends.exported), with its weights
+stored small enough for a browser to fetch: float16 initializers, each cast
 back to float32 by a Cast node at the top of the graph (ONNX Runtime folds the casts when the session
 is made, so every ONNX Runtime Web backend runs it in float32), or, where float16 is still over
-MAX_BYTES (the full-size U-Net: 109 MB) or --int8 asks for it, issue 22's static int8 quantization
-(int8.quantize_int8), calibrated on real tiles (--calibrate). Beside NAME.onnx goes NAME.json, the
+MAX_BYTES (the full-size U-Net: 109 MB) or --int8 asks for it, the static int8 quantization of
+--backend onnxruntime --int8 (int8.quantize_int8), calibrated on real tiles (--calibrate). Beside NAME.onnx goes NAME.json, the
 card the page reads: name, direction, tile and overlap, normalisation, precision, the source weights
 and their SHA-256, and the model's measured difference from float32 in levels of 255. The folder's
 index.json lists every card in it, as a static host cannot list a folder.
 """
-import hashlib
 import json
 import tempfile
 from pathlib import Path
@@ -23,8 +23,7 @@ import torch
 import backends
 import int8
 import raster
-from export import export, max_difference
-from generator import fetch_pretrained
+from generator import weights_path
 from tiles import Engine
 from utils import InputError, atomic_write_text, replace_durably
 
@@ -37,29 +36,26 @@ NORMALISATION = {"input": "x = v / 127.5 - 1 for uint8 RGB v; other data first s
                  "output": "v = round((clip(y, -1, 1) + 1) * 127.5)"}
 
 
-def export_web(G, config: dict, weights, out: Path, int8=False, calibrate=None, pairs=False, seed=0,
+def export_web(G, config: dict, weights, out: Path, use_int8=False, calibrate=None, pairs=False, seed=0,
                opset=18) -> dict:
     """Write the browser-sized model `out` (.onnx), its card (.json beside it) and the folder's
-    index.json; returns the card. Float16 weights unless they would be over MAX_BYTES or `int8` is
-    set, then int8, calibrated on tiles of the folder `calibrate` (required for it)."""
+    index.json; returns the card. Float16 weights unless they would be over MAX_BYTES or `use_int8`
+    is set (--int8), then int8, calibrated on tiles of the folder `calibrate` (required for it)."""
     out = Path(out)
     if out.suffix != ".onnx" or out.stem == "index":
         raise InputError(f"--web {out}: expected a NAME.onnx file name (NAME other than index)")
     if (config["input_nc"], config["output_nc"]) != (3, 3):
         raise InputError(f"--web {out}: the page runs RGB generators; {weights} takes {config['input_nc']} "
                          f"and gives {config['output_nc']} channel(s) (use predict.py for it)")
-    precision = "int8" if int8 or fp16_bytes(G) > MAX_BYTES else "fp16"
-    why = "--int8" if int8 else f"{fp16_bytes(G) / 1e6:.0f} MB in float16, over the page's {MAX_BYTES / 1e6:.0f} MB"
+    precision = "int8" if use_int8 or fp16_bytes(G) > MAX_BYTES else "fp16"
+    why = "--int8" if use_int8 else f"{fp16_bytes(G) / 1e6:.0f} MB in float16, over the page's {MAX_BYTES / 1e6:.0f} MB"
     if precision == "int8" and calibrate is None:
         raise InputError(f"--web {out}: int8 weights ({why}) are calibrated on real tiles: add --calibrate FOLDER "
                          f"(satellite pictures; --pairs for A|B pairs)")
     tiles = None if calibrate is None else calibration_tiles(Path(calibrate), pairs, config)
+    fp32 = backends.exported(G, weights_path(weights), config, print, opset)  # checked against PyTorch, cached
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.stem}.") as tmp:  # beside out: renamed into place
-        fp32, small = Path(tmp) / "float32.onnx", Path(tmp) / "web.onnx"
-        export(G, fp32, opset)
-        diff = max_difference(G, fp32, seed=seed)
-        if diff > 1e-4:
-            raise InputError(f"{out}: the float32 export differs from PyTorch by {diff:.2e} (limit 1e-4)")
+        small = Path(tmp) / "web.onnx"
         if precision == "fp16":
             save_fp16(fp32, small)
         else:
@@ -111,7 +107,7 @@ def calibration_tiles(folder: Path, pairs: bool, config: dict) -> torch.Tensor:
     if not folder.is_dir():
         raise InputError(f"--calibrate {folder}: expected a folder of satellite pictures or rasters")
     opts = raster.Options(Engine(TILE, OVERLAP), pairs=pairs, direction=config["direction"])
-    return int8.calibration_tiles(raster.input_files(folder), opts, CALIBRATION_TILES, config["input_nc"])
+    return int8.calibration_tiles(raster.input_files(folder, "--calibrate"), opts, CALIBRATION_TILES, config["input_nc"])
 
 
 def difference(fp32: Path, small: Path, tiles: torch.Tensor | None, seed: int) -> dict:
@@ -128,19 +124,14 @@ def difference(fp32: Path, small: Path, tiles: torch.Tensor | None, seed: int) -
             "measured_on": where}
 
 
-def sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 def make_card(out: Path, config: dict, weights, precision: str, size: int, diff: dict) -> dict:
     """The model's card: what the page needs to run it and what a reader needs to trust it."""
-    source = Path(weights) if Path(weights).is_file() else fetch_pretrained(str(weights))
+    source = weights_path(weights)
     return {"format": CARD_FORMAT, "name": out.stem, "model": out.name, "direction": config["direction"],
             "netG": config.get("netG", "unet_256"), "ngf": int(config.get("ngf", 64)), "mode": "eval",
             "tile": TILE, "overlap": OVERLAP, "input": "satellite", "output": "map",
             "normalisation": NORMALISATION, "precision": precision, "bytes": size,
-            "difference_from_float32": diff, "weights": {"file": source.name, "sha256": sha256(source)}}
+            "difference_from_float32": diff, "weights": {"file": source.name, "sha256": backends.file_digest(source)}}
 
 
 def write_index(folder: Path):

@@ -9,6 +9,8 @@ import torch
 rasterio = pytest.importorskip("rasterio")
 from rasterio.transform import from_origin  # noqa: E402
 
+import backends  # noqa: E402
+import bands  # noqa: E402
 import bench_raster  # noqa: E402
 import cog  # noqa: E402
 import predict  # noqa: E402
@@ -86,9 +88,9 @@ def test_validity_from_the_values_equals_gdals_mask(tmp_path, dtype, nodata):
     path = write_tif(tmp_path / "n.tif", data, nodata=nodata)
     with rasterio.open(path) as ds:
         win = rasterio.windows.Window(5, 3, 40, 30)
-        bands = [3, 1, 2]
-        expected = np.all(ds.read_masks(bands, window=win) > 0, axis=0)
-        got = raster.valid_mask(ds, bands, win, ds.read(bands, window=win))
+        chosen = [3, 1, 2]
+        expected = np.all(ds.read_masks(chosen, window=win) > 0, axis=0)
+        got = bands.valid_mask(ds, chosen, win, ds.read(chosen, window=win))
     assert got.dtype == bool and got.shape == (30, 40)
     assert np.array_equal(got, expected)
     assert expected.all() == (not (float(nodata).is_integer() and info.min <= nodata <= info.max))
@@ -199,7 +201,7 @@ def test_overviews_are_the_sinks_whether_in_blocks_or_whole(tmp_path, weights, m
     monkeypatch.setattr(cog, "halve", darker)
     args, opts = predict.parse(["--weights", str(weights), "--input", str(src), "--out", str(tmp_path / "own"),
                                 "--bands", "3,2,1", "--eval", "--device", "cpu"])
-    G, config = predict.load(args.weights, torch.device("cpu"), args.amp, args.eval)
+    G, config, _ = backends.load(args.weights, "cpu", "torch", args.eval, args.amp)
     opts.direction = config["direction"]
     (tmp_path / "own").mkdir()
     out = raster.predict_file(G, src, tmp_path / "own", opts, progress=False)
@@ -278,14 +280,14 @@ def test_stretch_from_a_sample_matches_full_percentiles(tmp_path):
     full = data.reshape(3, -1)[:, data.reshape(3, -1)[0] > 0].astype(np.float64)
     want_lo, want_hi = np.percentile(full, 2, axis=1), np.percentile(full, 98, axis=1)
     with rasterio.open(path) as ds:
-        lo, hi, read = raster.stretch_limits(ds, [1, 2, 3], 2, 98, path)
+        lo, hi, read = bands.stretch_limits(ds, [1, 2, 3], 2, 98, path)
     assert read < 0.15 * full.shape[1]  # a sample, not the raster
     span = want_hi - want_lo
     assert np.all(np.abs(lo - want_lo) < 0.02 * span) and np.all(np.abs(hi - want_hi) < 0.02 * span)
     with rasterio.open(path, "r+") as ds:
         ds.build_overviews([2, 4, 8])
     with rasterio.open(path) as ds:
-        lo, hi, read = raster.stretch_limits(ds, [1, 2, 3], 2, 98, path)
+        lo, hi, read = bands.stretch_limits(ds, [1, 2, 3], 2, 98, path)
     assert read <= 1000 * 1000  # the 2x overview, itself at most 1 megapixel
     assert np.all(np.abs(lo - want_lo) < 0.02 * span) and np.all(np.abs(hi - want_hi) < 0.02 * span)
 

@@ -12,6 +12,7 @@ import dataset
 import evaluate
 import export
 import official
+import parts
 import predict
 import raster
 import rundir
@@ -422,7 +423,7 @@ def test_grey_raster_parts_join_into_the_one_process_output(grey, tmp_path):
     whole = raster.predict_file(G, path, tmp_path / "one", opts, progress=False)
     for k in range(2):
         raster.predict_file(G, path, tmp_path / "two", opts, progress=False, part=(k, 2))
-    joined = raster.assemble(path, tmp_path / "two", opts, 2, 1)
+    joined = parts.assemble(path, tmp_path / "two", opts, 2, 1)
     with rasterio.open(whole) as a, rasterio.open(joined) as b:
         assert a.count == b.count == 1 and np.array_equal(a.read(), b.read())
 

@@ -126,7 +126,7 @@ def test_geotiff_keeps_its_grid_and_blocks_join_a_lake_and_a_road(tmp_path):
     with rasterio.open(scene) as src, rasterio.open(tmp_path / "scene.classes.tif") as cls:
         assert (cls.crs, cls.transform, cls.shape) == (src.crs, src.transform, src.shape)
         assert cls.dtypes == ("uint8",) and cls.nodata == vector.NODATA and cls.overviews(1)
-        assert cls.colormap(1)[vector.WATER][:3] == palette.PALETTE["water"][0] and "3 water" in cls.descriptions[0]
+        assert cls.colormap(1)[palette.WATER][:3] == palette.PALETTE["water"][0] and "3 water" in cls.descriptions[0]
         x = torch.from_numpy(src.read())[None].float() / 127.5 - 1
         np.testing.assert_array_equal(cls.read(1), evaluate.classify(x)[0].numpy())
         left, bottom, right, top = src.bounds
@@ -183,16 +183,16 @@ def test_block_size_changes_nothing(tmp_path):
 
 def test_predict_vector_writes_the_layers_beside_the_map(tmp_path, monkeypatch, capsys):
     """predict.py --vector writes SCENE.gpkg beside SCENE.tif: vector.py's layers of that map (here a
-    stand-in engine draws a known map on the scene's grid). A random generator's map is no map: one
-    line, exit status 1, SCENE.tif kept and no SCENE.gpkg."""
+    stand-in engine draws a known map on the scene's grid). A random generator's map is no map:
+    SCENE.tif is written with a note saying why it has no layers (as in the app), and no SCENE.gpkg."""
     import predict
     import raster
     from generator import Generator, init_weights
     torch.save({"G": init_weights(Generator(ngf=8)).state_dict(), "config": {"ngf": 8}}, tmp_path / "G.pt")
     scene = write_tif(tmp_path / "scene.tif", np.full((3, 300, 300), 90, np.uint8))
     argv = ["--weights", str(tmp_path / "G.pt"), "--input", str(scene), "--eval", "--device", "cpu", "--vector"]
-    assert predict.main([*argv, "--out", str(tmp_path / "random")]) == 1
-    assert "not a map" in capsys.readouterr().err
+    assert predict.main([*argv, "--out", str(tmp_path / "random")]) == 0
+    assert "scene.tif: no GIS layers: not a map" in capsys.readouterr().err
     assert sorted(p.name for p in (tmp_path / "random").iterdir()) == ["scene.tif"]
 
     def draw_map(G, path, out_dir, opts, **kw):
@@ -263,15 +263,15 @@ def test_evaluate_writes_gis_figures_per_image_and_split(tmp_path):
 def test_min_area_sieves_into_the_surrounding_class():
     """--min-area 9: a 2x2 park speck in a lake becomes lake, a 3x3 one stays (its polygon covers its
     9 pixel centres); 0 keeps both."""
-    classes = np.full((64, 64), vector.WATER, np.uint8)
-    classes[10:12, 10:12] = classes[30:33, 30:33] = vector.PARK
+    classes = np.full((64, 64), palette.WATER, np.uint8)
+    classes[10:12, 10:12] = classes[30:33, 30:33] = palette.PARK
     kept = vector.sieve(classes, 0)
     assert (kept == classes).all()
     sieved = vector.sieve(classes, 9)
-    assert (sieved[10:12, 10:12] == vector.WATER).all() and (sieved[30:33, 30:33] == vector.PARK).all()
-    parks = [g for c, g in vector.layers(classes, vector.Settings(min_area=9)).polygons if c == vector.PARK]
+    assert (sieved[10:12, 10:12] == palette.WATER).all() and (sieved[30:33, 30:33] == palette.PARK).all()
+    parks = [g for c, g in vector.layers(classes, vector.Settings(min_area=9)).polygons if c == palette.PARK]
     assert len(parks) == 1
-    assert (rasterize([(parks[0], 1)], out_shape=classes.shape, dtype="uint8") == (sieved == vector.PARK)).all()
+    assert (rasterize([(parks[0], 1)], out_shape=classes.shape, dtype="uint8") == (sieved == palette.PARK)).all()
 
 
 def test_spur_prunes_short_branches():
@@ -290,11 +290,11 @@ def test_simplification_keeps_neighbouring_classes_edge_to_edge():
     """Water and park meeting along a slanted edge, simplified with --simplify 2: fewer vertices than
     with 0, yet no gap and no overlap between them (one shared edge, not two simplified apart)."""
     yy, xx = np.mgrid[:200, :200]
-    classes = np.where(yy < 40 + 0.37 * xx + 6 * np.sin(xx / 9), vector.WATER, vector.PARK).astype(np.uint8)
+    classes = np.where(yy < 40 + 0.37 * xx + 6 * np.sin(xx / 9), palette.WATER, palette.PARK).astype(np.uint8)
     vertices = {}
     for tolerance in (0, 2):
         polygons = vector.layers(classes, vector.Settings(simplify=tolerance)).polygons
-        water, park = ([g for c, g in polygons if c == k] for k in (vector.WATER, vector.PARK))
+        water, park = ([g for c, g in polygons if c == k] for k in (palette.WATER, palette.PARK))
         assert len(water) == len(park) == 1
         assert water[0].intersection(park[0]).area == pytest.approx(0, abs=1e-9)
         assert water[0].union(park[0]).area == pytest.approx(200 * 200)

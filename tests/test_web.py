@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import bands
 import export
 import int8
 import predict
-import raster
 import web_export
 from conftest import ROOT, SHARED_SAMPLE, launch_chromium, tiny_generator
 from utils import InputError
@@ -204,10 +204,10 @@ def test_picture_of_several_tiles_equals_predict(page, exported, tmp_path):
     assert shot.stat().st_size > 10_000
 
 
-def exact_limits(ds, bands, low, high, path):
-    """raster.stretch_limits over every valid pixel, as the page takes them (predict.py samples)."""
-    data = ds.read(bands)
-    valid = raster.valid_mask(ds, bands, None)
+def exact_limits(ds, chosen, low, high, path):
+    """bands.stretch_limits over every valid pixel, as the page takes them (predict.py samples)."""
+    data = ds.read(chosen)
+    valid = bands.valid_mask(ds, chosen, None)
     lo = np.array([np.percentile(band[valid], low) for band in data])
     hi = np.array([np.percentile(band[valid], high) for band in data])
     return lo, np.maximum(hi, lo + 1e-6), int(valid.sum())
@@ -228,7 +228,7 @@ def test_16_bit_geotiff_gives_a_geotiff_on_its_grid(page, exported, tmp_path, mo
         ds.write(bands)
         ds.colorinterp = [ColorInterp.blue, ColorInterp.green, ColorInterp.red, ColorInterp.undefined]
     got = translate(page, src, tmp_path / "page.tif", link="#tif")
-    monkeypatch.setattr(raster, "stretch_limits", exact_limits)
+    monkeypatch.setattr("bands.stretch_limits", exact_limits)
     want = predicted(exported.weights, src, tmp_path / "out")
     with rasterio.open(got) as g, rasterio.open(want) as w, rasterio.open(src) as s:
         assert (g.width, g.height, g.crs, g.transform) == (s.width, s.height, s.crs, s.transform)

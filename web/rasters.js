@@ -1,4 +1,4 @@
-/* GeoTIFFs in and out for the page's worker, with geotiff.js: raster.py's band choice, validity
+/* GeoTIFFs in and out for the page's worker, with geotiff.js: bands.py's band choice, validity
  * (GDAL's mask, nodata, alpha, non-finite values) and 2-98 percentile stretch on the way in, and the
  * map as a GeoTIFF on the input's grid (size, CRS, geotransform; the input's invalid pixels masked by
  * an alpha band) on the way out.
@@ -50,7 +50,7 @@ async function colourInterpretation(image) {
   return interp;
 }
 
-/** raster.pick_bands: the three 1-based bands fed as R, G, B (`requested`, as --bands, or by colour
+/** bands.pick_bands: the three 1-based bands fed as R, G, B (`requested`, as --bands, or by colour
  * interpretation, else the first three that are not alpha; one band is repeated as grey). */
 export async function pickBands(raster, requested) {
   const count = raster.image.getSamplesPerPixel();
@@ -127,7 +127,7 @@ function percentile(a, q) {
   return lo + 1 < a.length ? a[lo] + (a[lo + 1] - a[lo]) * t : a[lo];
 }
 
-/** raster.stretch_limits over every valid pixel: per band [lo, hi] at the 2nd and 98th percentiles. */
+/** bands.stretch_limits over every valid pixel: per band [lo, hi] at the 2nd and 98th percentiles. */
 function stretchLimits(bands, values, valid) {
   return bands.map((b) => {
     const v = values.get(b);
@@ -141,7 +141,7 @@ function stretchLimits(bands, values, valid) {
 }
 
 /**
- * A source for tiles.js over a GeoTIFF's chosen bands, scaled to [-1, 1] as raster.RasterSource does:
+ * A source for tiles.js over a GeoTIFF's chosen bands, scaled to [-1, 1] as bands.RasterSource does:
  * uint8 as it is (v / 127.5 - 1), anything else stretched per band between its percentiles, clipped.
  * Returns {source, valid (Uint8Array H*W), georeferenced}.
  */
@@ -164,7 +164,7 @@ export async function rasterSource(raster, requested) {
   const scale = (v, c) => {
     if (!limits) return Math.fround(Math.fround(v / 127.5) - 1);
     const [lo, hi] = limits[c];
-    const x = Number.isNaN(v) ? 0 : Math.fround(v); // raster.py's nan_to_num
+    const x = Number.isNaN(v) ? 0 : Math.fround(v); // bands.py's nan_to_num
     const t = Math.min(1, Math.max(0, Math.fround(Math.fround(x - lo) / Math.fround(hi - lo))));
     return Math.fround(Math.fround(t * 2) - 1);
   };

@@ -58,6 +58,8 @@ def main(argv=None):
     p.add_argument("--no-isolation", action="store_true", help="leave the two headers out, as a plain static "
                    "host does (the page then runs WASM single-threaded)")
     args = p.parse_args(argv)
+    if not 0 <= args.port <= 65535:
+        p.error(f"--port {args.port}: expected a port number from 0 to 65535")
     if args.models is not None and not Path(args.models).is_dir():
         p.error(f"--models {args.models}: no such folder")
     with server(args.host, args.port, args.models, not args.no_isolation) as httpd:
