@@ -17,7 +17,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from PIL import Image, ImageDraw, ImageFont
-from torchvision.utils import make_grid
 
 
 class InputError(ValueError):
@@ -156,7 +155,8 @@ def set_determinism(deterministic: bool):
     shapes. cuBLAS reads CUBLAS_WORKSPACE_CONFIG when it starts, so this runs before any CUDA work."""
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(deterministic)
+    if deterministic != torch.are_deterministic_algorithms_enabled():  # only a change: the call imports
+        torch.use_deterministic_algorithms(deterministic)  # torch._inductor, a second at every start
     torch.backends.cudnn.deterministic = deterministic
     torch.backends.cudnn.benchmark = not deterministic
 
@@ -380,6 +380,8 @@ def save_image(img: Image.Image, path, **kw):
 def save_grid(rows, path, nrow=None, titles=None, caption=None) -> Image.Image:
     """Save image tensors in [-1, 1] (N, 3, H, W) as one PNG grid, nrow images per row; titles name
     the columns and caption (e.g. the step) leads a header strip above them. Returns the image."""
+    from torchvision.utils import make_grid  # here, not above: torchvision's import (its models, and
+    # torch._dynamo through them) would double the start of every command that draws no grid
     x = torch.cat([r.detach().float().cpu() for r in rows])
     grid = make_grid(x, nrow=nrow or len(rows), padding=2, normalize=True, value_range=(-1, 1))
     img = Image.fromarray(grid.mul(255).round().byte().permute(1, 2, 0).numpy())

@@ -1,12 +1,15 @@
-"""Shared fixtures: small generated datasets, the real maps sample, a quick way to train, a tiny
-generator, and headless Chromium for the browser tests."""
+"""Shared fixtures: small generated datasets, the real maps sample, a quick way to train, a command run
+in this process, a tiny generator, and headless Chromium for the browser tests."""
 import atexit
+import contextlib
+import io
 import os
 import shutil
 import socket
 import sys
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -171,6 +174,22 @@ def train(*args):
     cfg = parse_config([*TINY, *map(str, args)])
     train_mod.main(cfg)
     return torch.load(Path(cfg.run_dir) / "last.pt", weights_only=True)
+
+
+def run_main(main, *args):
+    """A command's main(argv) in this process, as `python COMMAND.py ARGS` runs it (utils.run_command),
+    where a fresh interpreter proves nothing more: its exit status and what it wrote to stderr, as
+    subprocess.run gives them."""
+    from utils import run_command
+    said = io.StringIO()
+    with contextlib.redirect_stderr(said):
+        try:
+            returncode = run_command(main, list(map(str, args))) or 0
+        except SystemExit as e:  # the interpreter prints a message given to sys.exit, and exits with 1
+            if isinstance(e.code, str):
+                print(e.code, file=said)
+            returncode = 1 if isinstance(e.code, str) else e.code or 0
+    return SimpleNamespace(returncode=returncode, stderr=said.getvalue())
 
 
 def assert_same(x, y, where="checkpoint"):

@@ -15,7 +15,7 @@ import plots
 import predict
 import train as train_mod
 from config import parse_config
-from conftest import ROOT, make_ab, make_dataset
+from conftest import ROOT, make_ab, make_dataset, run_main
 from generator import Generator, init_weights
 from utils import InputError, run_command
 
@@ -188,9 +188,7 @@ def test_export_without_onnx_is_one_line(corpus, monkeypatch):
 @pytest.mark.parametrize("size", [(1, 1), (1, 300), (300, 1), (2, 3)])
 def test_predict_handles_one_pixel_sides(corpus, size):
     Image.fromarray(np.full((size[1], size[0], 3), 120, np.uint8)).save(corpus / "thin.png")
-    r = subprocess.run([sys.executable, "predict.py", "--weights", str(corpus / "G.pt"), "--input",
-                        str(corpus / "thin.png"), "--out", str(corpus / "o")], cwd=ROOT, capture_output=True,
-                       text=True, timeout=120)
+    r = run_main(predict.main, "--weights", corpus / "G.pt", "--input", corpus / "thin.png", "--out", corpus / "o")
     assert r.returncode == 0, r.stderr
     assert Image.open(corpus / "o" / "thin.png").size == size
 

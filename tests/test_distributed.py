@@ -1,10 +1,17 @@
 """torchrun: 2 CPU processes with gloo train, checkpoint on rank 0 and resume exactly, on one node and
-across two "nodes" (two torchrun launches on 127.0.0.1) alike."""
+across two "nodes" (two torchrun launches on 127.0.0.1) alike. Each launch costs seconds, so the two
+runs that start from nothing are made once for the module: 4 steps on one node (the reference), and 2
+steps on two nodes, which each test continues in a copy, on one node and on two.
+
+    python -m pytest -q tests/test_distributed.py
+"""
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -52,20 +59,26 @@ def two_nodes(*args) -> str:
 
 
 @pytest.fixture(scope="module")
-def one_node(tmp_path_factory):
-    """4 steps of 2 processes on one node: the run every other run here must reproduce."""
-    tmp = tmp_path_factory.mktemp("one_node")
+def runs(tmp_path_factory):
+    """4 steps of 2 processes on one node from memory: the run every other run here must reproduce; and
+    2 steps on two nodes, each building the mapped cache in the shared data folder at the same time (as
+    on a shared file system): the run folder the tests continue, and what the launches printed."""
+    tmp = tmp_path_factory.mktemp("runs")
     data = make_dataset(tmp / "data", n_train=6)  # 3 steps per epoch at 2 x batch 1
-    torchrun("--data-root", data, "--run-dir", tmp / "a", "--max-steps", 4)
-    return data, torch.load(tmp / "a" / "last.pt", weights_only=True)
+    one = torchrun("--data-root", data, "--run-dir", tmp / "a", "--max-steps", 4)
+    two = two_nodes("--data-root", data, "--run-dir", tmp / "at2", "--max-steps", 2, "--data-cache", "disk")
+    return SimpleNamespace(data=data, a=torch.load(tmp / "a" / "last.pt", weights_only=True), at2=tmp / "at2",
+                           one_node_said=one, two_nodes_said=two)
 
 
-def test_two_processes_train_and_resume_exactly(tmp_path, one_node):
-    data, a = one_node
-    out = torchrun("--data-root", data, "--run-dir", tmp_path / "b", "--max-steps", 2)
-    assert out.count("done at step 2") == 1  # rank 0 alone reports
-    out = torchrun("--data-root", data, "--run-dir", tmp_path / "b", "--max-steps", 4)
-    assert "resuming from" in out
+def test_two_processes_train_and_resume_exactly(tmp_path, runs):
+    """One node continues the two nodes' run from step 2 and ends where its own uninterrupted run
+    ended: both train alike, and resuming is exact."""
+    a = runs.a
+    assert runs.one_node_said.count("done at step 4") == 1  # rank 0 alone reports
+    shutil.copytree(runs.at2, tmp_path / "b")
+    out = torchrun("--data-root", runs.data, "--run-dir", tmp_path / "b", "--max-steps", 4)
+    assert "resuming from" in out and out.count("done at step 4") == 1
     b = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
     assert a["step"] == b["step"] == 4 and len(a["rng"]) == 2
     assert not torch.equal(a["rng"][0]["torch"], a["rng"][1]["torch"])  # own dropout stream per process
@@ -76,13 +89,13 @@ def test_two_processes_train_and_resume_exactly(tmp_path, one_node):
     assert [r["step"] for r in rows if "val_l1" in r] == [2, 3, 4]  # rank 0 validates: each epoch, each end
 
 
-def test_two_nodes_train_what_one_node_trains_and_resume(tmp_path, one_node):
-    """Each "node" builds the mapped cache in the shared data folder at the same time (as on a shared
-    file system); the result is still bit for bit the one-node run from memory."""
-    data, a = one_node
-    out = two_nodes("--data-root", data, "--run-dir", tmp_path / "b", "--max-steps", 2, "--data-cache", "disk")
-    assert out.count("done at step 2") == 1
-    out = two_nodes("--data-root", data, "--run-dir", tmp_path / "b", "--max-steps", 4, "--data-cache", "disk")
+def test_two_nodes_train_what_one_node_trains_and_resume(tmp_path, runs):
+    """Two nodes continue their own run from step 2 (from the mapped cache they built together); the
+    result is still bit for bit the one-node run from memory."""
+    a = runs.a
+    assert runs.two_nodes_said.count("done at step 2") == 1
+    shutil.copytree(runs.at2, tmp_path / "b")
+    out = two_nodes("--data-root", runs.data, "--run-dir", tmp_path / "b", "--max-steps", 4, "--data-cache", "disk")
     assert "resuming from" in out
     b = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
     assert b["step"] == 4 and b["config"]["data_cache"] == "disk"

@@ -20,7 +20,7 @@ from config import Config
 from conftest import make_dataset, train
 from discriminator import Discriminator
 from generator import init_weights
-from utils import InputError, amp_dtype, atomic_save, init_distributed, to_cpu
+from utils import InputError, amp_dtype, atomic_save, init_distributed, set_determinism, to_cpu
 
 
 def tensors(obj):
@@ -33,6 +33,20 @@ def tensors(obj):
 
 # ----------------------------------------------------------------------------------------------------
 # Mixed precision, checkpoints, the process-group backend
+
+
+def test_determinism_is_switched_on_and_off_again():
+    """--deterministic turns PyTorch's deterministic algorithms and cuDNN's on, and the next run without
+    it turns them off (set_determinism calls PyTorch only when the setting changes)."""
+    try:
+        set_determinism(True)
+        assert torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.deterministic
+        assert not torch.backends.cudnn.benchmark
+        set_determinism(False)
+        assert not torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.deterministic
+        assert torch.backends.cudnn.benchmark
+    finally:
+        set_determinism(False)
 
 
 @pytest.mark.parametrize("capability, expected", [((7, 0), torch.float16), ((7, 5), torch.float16),

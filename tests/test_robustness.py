@@ -1,6 +1,10 @@
-"""Never lose a run, and the paper's test-time mode: pipes, signals, stop rows, refused resumes."""
+"""Never lose a run, and the paper's test-time mode: pipes, signals, stop rows, refused resumes.
+
+    python -m pytest -q tests/test_robustness.py
+"""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -118,35 +122,50 @@ def test_sighup_from_a_closed_terminal_saves(tmp_path):
 # Resume refusals leave the run folder untouched
 
 
-def test_refused_resume_does_not_rewrite_config(tmp_path, data):
-    train("--data-root", data, "--run-dir", tmp_path / "r", "--max-steps", 1)
-    saved = (tmp_path / "r" / "config.json").read_text()
+@pytest.fixture(scope="module")
+def at2(tmp_path_factory):
+    """A folder with data/ (4 training pairs) and r/, a 2-step run on it, made once: the tests that
+    continue it or change it work on a copy (copy_of), the others only read it."""
+    root = tmp_path_factory.mktemp("at2")
+    train("--data-root", make_dataset(root / "data"), "--run-dir", root / "r", "--max-steps", 2)
+    return root
+
+
+def copy_of(at2, tmp_path):
+    """The 2-step run and its data, copied into tmp_path: (data folder, run folder)."""
+    shutil.copytree(at2, tmp_path, dirs_exist_ok=True)
+    return tmp_path / "data", tmp_path / "r"
+
+
+def test_refused_resume_does_not_rewrite_config(tmp_path, at2):
+    data, run = copy_of(at2, tmp_path)
+    saved = (run / "config.json").read_text()
     with pytest.raises(InputError, match="architecture differs"):
-        train("--data-root", data, "--run-dir", tmp_path / "r", "--ngf", 16)
-    assert (tmp_path / "r" / "config.json").read_text() == saved
+        train("--data-root", data, "--run-dir", run, "--ngf", 16)
+    assert (run / "config.json").read_text() == saved
 
 
-def test_changed_dataset_is_refused_unless_allowed(tmp_path, data):
-    train("--data-root", data, "--run-dir", tmp_path / "r", "--max-steps", 2)
+def test_changed_dataset_is_refused_unless_allowed(tmp_path, at2):
+    data, run = copy_of(at2, tmp_path)
     make_ab(data / "train" / "new.png", seed=9)
     with pytest.raises(InputError) as e:
-        train("--data-root", data, "--run-dir", tmp_path / "r", "--max-steps", 4)
+        train("--data-root", data, "--run-dir", run, "--max-steps", 4)
     assert "trained on 4 pairs" in str(e.value) and "now has 5" in str(e.value)
     assert "--allow-data-change" in str(e.value)
-    ckpt = train("--data-root", data, "--run-dir", tmp_path / "r", "--max-steps", 4, "--allow-data-change")
+    ckpt = train("--data-root", data, "--run-dir", run, "--max-steps", 4, "--allow-data-change")
     assert ckpt["step"] == 4 and ckpt["data"]["pairs"] == 5
 
 
-def test_resume_after_a_torn_metrics_row(tmp_path, data):
-    train("--data-root", data, "--run-dir", tmp_path / "r", "--max-steps", 2)
-    with open(tmp_path / "r" / "metrics.jsonl", "a") as f:
+def test_resume_after_a_torn_metrics_row(tmp_path, at2):
+    data, run = copy_of(at2, tmp_path)
+    with open(run / "metrics.jsonl", "a") as f:
         f.write('{"step": 3, "loss_D": 0.')  # the crash came in mid-write
-    train("--data-root", data, "--run-dir", tmp_path / "r", "--max-steps", 3)
-    assert [r["step"] for r in rows(tmp_path / "r")] == [1, 2, 3]
+    train("--data-root", data, "--run-dir", run, "--max-steps", 3)
+    assert [r["step"] for r in rows(run)] == [1, 2, 3]
 
 
-def test_checkpoint_missing_pieces_and_empty_file_are_named(tmp_path, data):
-    ckpt = train("--data-root", data, "--run-dir", tmp_path / "r", "--max-steps", 1)
+def test_checkpoint_missing_pieces_and_empty_file_are_named(tmp_path, at2):
+    data, ckpt = at2 / "data", torch.load(at2 / "r" / "last.pt", weights_only=True)
     del ckpt["sched_G"], ckpt["scaler"]
     torch.save(ckpt, tmp_path / "partial.pt")
     with pytest.raises(InputError, match="missing sched_G, scaler"):
@@ -157,12 +176,11 @@ def test_checkpoint_missing_pieces_and_empty_file_are_named(tmp_path, data):
     assert not (tmp_path / "x").exists()
 
 
-def test_name_defaults_to_data_folder_and_config_shows_resolved_auto(tmp_path, data):
+def test_name_defaults_to_data_folder_and_config_shows_resolved_auto(at2):
     assert parse_config(["--data-root", "data/facades"]).run_dir == "weights/facades"
     assert parse_config(["--data-root", "data/maps/"]).name == "maps"
     assert parse_config(["--name", "x"]).run_dir == "weights/x"
-    train("--data-root", data, "--run-dir", tmp_path / "r", "--max-steps", 1)
-    resolved = json.loads((tmp_path / "r" / "config.json").read_text())["resolved"]
+    resolved = json.loads((at2 / "r" / "config.json").read_text())["resolved"]
     assert resolved["device"] == "cpu" and resolved["amp"] in ("bf16", "off")
     assert resolved["channels_last"] == "off" and resolved["why"]["channels_last"].startswith("auto: contiguous on a CPU")
     assert resolved["why"]["amp"].startswith("auto: ")

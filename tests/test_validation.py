@@ -27,15 +27,15 @@ def losses(rows):
 
 
 def test_validation_writes_rows_best_and_curves_without_changing_training(tmp_path, data, inception_file):
-    plain = train("--data-root", data, "--run-dir", tmp_path / "plain", "--max-steps", 10, "--no-validate")
-    ckpt = train("--data-root", data, "--run-dir", tmp_path / "val", "--max-steps", 10, "--val-every", 5,
-                 "--val-fid", "--inception-weights", inception_file, "--sample-every", 5)
+    plain = train("--data-root", data, "--run-dir", tmp_path / "plain", "--max-steps", 6, "--no-validate")
+    ckpt = train("--data-root", data, "--run-dir", tmp_path / "val", "--max-steps", 6, "--val-every", 3,
+                 "--val-fid", "--inception-weights", inception_file, "--sample-every", 3)
     # Bit-identical training state: validation touches neither RNG streams nor BatchNorm statistics
     assert_same({k: plain[k] for k in STATE}, {k: ckpt[k] for k in STATE})
     rows = rows_of(tmp_path / "val")
     assert losses(rows) == losses(rows_of(tmp_path / "plain"))
     val = [r for r in rows if "val_l1" in r]
-    assert [r["step"] for r in val] == [5, 10]
+    assert [r["step"] for r in val] == [3, 6]  # one in epoch 1 (steps 1-4), one in epoch 2
     assert {f"val_{k}" for k in METRIC_GOALS} | {"val_kid_std", "val_images", "val_seconds"} <= val[0].keys()
     assert val[0]["val_images"] == 2 and val[0]["val_fid"] > 0
 
@@ -45,7 +45,7 @@ def test_validation_writes_rows_best_and_curves_without_changing_training(tmp_pa
     assert ckpt["best"] == {"metric": "l1", "value": best["value"], "step": best["step"]}
     assert {"version", "G", "config"} <= best.keys() and best["config"]["ngf"] == 8
     G, config = load_generator(tmp_path / "val" / "G_best.pt")
-    if best["step"] == 10:
+    if best["step"] == 6:
         assert_same(best["G"], ckpt["G"])
     # The same numbers as evaluate.py on those weights (paper mode, seed 0)
     evaluate.main(["--weights", str(tmp_path / "val" / "G_best.pt"), "--data-root", str(data), "--out",
@@ -59,7 +59,7 @@ def test_validation_writes_rows_best_and_curves_without_changing_training(tmp_pa
     assert not (tmp_path / "plain" / "G_best.pt").exists()
     assert not any(k.startswith("val_") for r in rows_of(tmp_path / "plain") for k in r)
     # Sample grids carry a header strip: column titles and the step
-    with Image.open(tmp_path / "val" / "samples" / "step_0000005.png") as img:
+    with Image.open(tmp_path / "val" / "samples" / "step_0000003.png") as img:
         assert img.size == (3 * 258 + 2, 2 * 258 + 2 + 22)
         header = torch.from_numpy(np.asarray(img.convert("L").crop((0, 0, img.width, 22))).copy())
         assert (header < 128).any() and (header == 255).float().mean() > 0.5
@@ -67,34 +67,34 @@ def test_validation_writes_rows_best_and_curves_without_changing_training(tmp_pa
 
 
 def test_resume_keeps_best_and_does_not_duplicate_validation_rows(tmp_path, data):
-    args = ("--data-root", data, "--val-every", 5)
-    straight = train(*args, "--run-dir", tmp_path / "a", "--max-steps", 10)
+    args = ("--data-root", data, "--val-every", 3)  # 4 training pairs: step 4 ends epoch 1
+    straight = train(*args, "--run-dir", tmp_path / "a", "--max-steps", 6)
     run = tmp_path / "b"
-    train(*args, "--run-dir", run, "--max-steps", 5)
-    shutil.copy(run / "last.pt", tmp_path / "at5.pt")
-    train(*args, "--run-dir", run, "--max-steps", 10)
-    resumed = train(*args, "--run-dir", run, "--max-steps", 10, "--resume", tmp_path / "at5.pt")  # redo 6-10
+    train(*args, "--run-dir", run, "--max-steps", 3)
+    shutil.copy(run / "last.pt", tmp_path / "at3.pt")
+    train(*args, "--run-dir", run, "--max-steps", 6)
+    resumed = train(*args, "--run-dir", run, "--max-steps", 6, "--resume", tmp_path / "at3.pt")  # redo 4-6
     rows = rows_of(run)
-    assert [r["step"] for r in rows if "val_l1" in r] == [5, 10]
-    assert [r[0] for r in losses(rows)] == list(range(1, 11))
+    assert [r["step"] for r in rows if "val_l1" in r] == [3, 6]
+    assert [r[0] for r in losses(rows)] == list(range(1, 7))
     assert_same({k: straight[k] for k in (*STATE, "best")}, {k: resumed[k] for k in (*STATE, "best")})
     best_a, best_b = (torch.load(d / "G_best.pt", weights_only=True) for d in (tmp_path / "a", run))
     assert_same({k: best_a[k] for k in ("G", "step", "value", "val")},
                 {k: best_b[k] for k in ("G", "step", "value", "val")}, "G_best")
 
     # The best so far comes from the checkpoint: one no later validation beats stays, with its file
-    ckpt = torch.load(tmp_path / "at5.pt", weights_only=True)
-    ckpt["best"] = {"metric": "l1", "value": -1.0, "step": 3}
+    ckpt = torch.load(tmp_path / "at3.pt", weights_only=True)
+    ckpt["best"] = {"metric": "l1", "value": -1.0, "step": 2}
     torch.save(ckpt, tmp_path / "unbeatable.pt")
     before = (run / "G_best.pt").read_bytes()
-    kept = train(*args, "--run-dir", run, "--max-steps", 10, "--resume", tmp_path / "unbeatable.pt")
-    assert kept["best"] == {"metric": "l1", "value": -1.0, "step": 3}
+    kept = train(*args, "--run-dir", run, "--max-steps", 6, "--resume", tmp_path / "unbeatable.pt")
+    assert kept["best"] == {"metric": "l1", "value": -1.0, "step": 2}
     assert (run / "G_best.pt").read_bytes() == before
     # A checkpoint written before the best was kept still resumes; the best starts afresh
     del ckpt["best"]
     torch.save(ckpt, tmp_path / "older.pt")
-    fresh = train(*args, "--run-dir", run, "--max-steps", 10, "--resume", tmp_path / "older.pt")
-    assert fresh["best"]["step"] == 10 and [r["step"] for r in rows_of(run) if "val_l1" in r] == [5, 10]
+    fresh = train(*args, "--run-dir", run, "--max-steps", 6, "--resume", tmp_path / "older.pt")
+    assert fresh["best"]["step"] == 6 and [r["step"] for r in rows_of(run) if "val_l1" in r] == [3, 6]
 
 
 def test_default_validates_each_epoch_and_at_the_end(tmp_path, data):
