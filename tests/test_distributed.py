@@ -46,13 +46,14 @@ def two_nodes(*args) -> str:
                                  cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
                 for node in (0, 1)]
     outs = []
-    for p in launches:
-        try:
-            outs.append(p.communicate(timeout=300)[0])
-        except subprocess.TimeoutExpired:
-            for q in launches:
-                q.kill()
-            raise
+    try:
+        for p in launches:
+            outs.append(p.communicate(timeout=120)[0])
+    except subprocess.TimeoutExpired:
+        for q in launches:
+            q.kill()
+        said = [q.communicate()[0][-3000:] for q in launches]
+        pytest.fail(f"two nodes did not finish in 120 s; node 0 said:\n{said[0]}\nnode 1 said:\n{said[1]}")
     for p, out in zip(launches, outs):
         assert p.returncode == 0, out[-4000:]
     return "\n".join(outs)
