@@ -28,7 +28,6 @@ from tiles import Engine
 from utils import InputError, atomic_write_text, replace_durably
 
 MAX_BYTES = 60_000_000  # the most a page should make a visitor download (float32 full size: 218 MB)
-CALIBRATION_TILES = 8  # tiles of --calibrate that int8 is calibrated on and the difference is measured on
 TILE, OVERLAP = 256, 64  # what the page tiles with: tiles.py's (predict.py's) defaults
 CARD_FORMAT = "sat2map-web-model/1"
 NORMALISATION = {"input": "x = v / 127.5 - 1 for uint8 RGB v; other data first stretched per band to 0-255 "
@@ -101,13 +100,13 @@ def save_fp16(fp32: Path, path: Path):
 
 
 def calibration_tiles(folder: Path, pairs: bool, config: dict) -> torch.Tensor:
-    """CALIBRATION_TILES tiles (N, 3, TILE, TILE) in [-1, 1] of the pictures or rasters in folder, read
+    """int8.CALIBRATION_TILES tiles (N, 3, TILE, TILE) in [-1, 1] of the pictures or rasters in folder, read
     as predict.py reads them (with `pairs`, the input half of each A|B pair): int8's own choice of
     tiles (int8.calibration_tiles)."""
     if not folder.is_dir():
         raise InputError(f"--calibrate {folder}: expected a folder of satellite pictures or rasters")
     opts = raster.Options(Engine(TILE, OVERLAP), pairs=pairs, direction=config["direction"])
-    return int8.calibration_tiles(raster.input_files(folder, "--calibrate"), opts, CALIBRATION_TILES, config["input_nc"])
+    return int8.calibration_tiles(raster.input_files(folder, "--calibrate"), opts, int8.CALIBRATION_TILES, config["input_nc"])
 
 
 def difference(fp32: Path, small: Path, tiles: torch.Tensor | None, seed: int) -> dict:
