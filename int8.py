@@ -104,8 +104,8 @@ def quantize_int8(fp32_onnx: Path, out: Path, tiles) -> Path:
     static quantization in QDQ format, uint8 activations and per-channel int8 weights, with activation
     ranges (MinMax) calibrated on tiles: float32 (N, C, H, W) in [-1, 1], an array or a tensor. uint8
     activations against int8 weights are what ONNX Runtime's x86 kernels multiply natively (VNNI's
-    unsigned-by-signed dot product): on an AMD Zen 4 the full-size U-Net ran 2.7x faster than float32
-    with them, 1.2x with int8 activations (docs/performance.md#int8)."""
+    unsigned-by-signed dot product): on an AMD Zen 4 the full-size U-Net ran 2.7-3.2x faster than
+    float32 with them (docs/performance.md#measured-per-cpu-kind), 1.2x with int8 activations."""
     import onnxruntime as ort
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process

@@ -260,8 +260,8 @@ def wrap(G, D, cfg: Config, device):
 def training_layout(channels_last: str, device) -> tuple[torch.memory_format, str]:
     """--channels-last as a memory format, and why. auto: channels-last on a GPU (its convolutions run
     NHWC); contiguous on a CPU, where oneDNN's convolution backward is slower channels-last: a training
-    step of the full-size models in float32 took 1.22-1.32x less time contiguous, on AVX-512 and AVX2
-    alike, and 1.04x less in bf16 (docs/performance.md#what-auto-chooses-for-training)."""
+    step of the full-size models took 1.22-1.31x less time contiguous in float32, on AVX-512 and AVX2
+    alike, and 1.10-1.13x less in bf16 (docs/performance.md#what-auto-chooses-for-training)."""
     if channels_last != "auto":
         return (torch.channels_last if channels_last == "on" else torch.contiguous_format), f"--channels-last {channels_last}"
     if device.type == "cpu":
