@@ -136,9 +136,7 @@ class PolygonTracer:
         """A finished polygon, the union of the pieces in `group`, without the vertices on straight runs
         (the cell edges' and the seams'), valid. The group is emptied as soon as it is joined: a city's
         road network at 16000 px is millions of vertices, and each copy of it held at once counts."""
-        geom = union_of(group)
-        group.clear()
-        self.done += [(c, g) for g in valid_parts(without_straight_runs(geom))]
+        self.done += [(c, g) for g in valid_parts(without_straight_runs(group))]
 
     def take(self) -> list:
         done, self.done = self.done, []
@@ -152,35 +150,32 @@ def union_of(group: list):
     return group[0] if len(group) == 1 else shapely.coverage_union_all(group)
 
 
-def without_straight_runs(geom):
-    """geom (a Polygon or MultiPolygon) without the vertices that lie on a straight run between their
-    neighbours: the same point set, so nothing about its topology changes. shapely.simplify(geom, 0)
-    gives the same vertices, but costs about 450 bytes a vertex (120 without preserve_topology) on top
-    of the geometry, gigabytes for a city's road network at 16000 px; this works on the flat array of
-    coordinates, in about a quarter of that."""
+def without_straight_runs(group: list, chunk: int = 1 << 20):
+    """The union of the pieces in `group` (emptied on the way) without the vertices that lie on a
+    straight run between their neighbours: the same point set, so nothing about its topology changes.
+    shapely.simplify(geom, 0) gives the same vertices, but costs about 450 bytes a vertex (120 without
+    preserve_topology) on top of the geometry, gigabytes for a city's road network at 16000 px; this
+    works on the flat array of coordinates, a chunk at a time, with the union itself already let go."""
     import shapely
-    if geom.geom_type not in ("Polygon", "MultiPolygon"):  # what make_valid leaves of a broken one
+    geom = union_of(group)
+    group.clear()
+    if geom.geom_type not in ("Polygon", "MultiPolygon"):  # what make_valid leaves of a broken piece
         return geom
     kind, xy, offsets = shapely.to_ragged_array([geom])
     del geom
     ends = offsets[0]  # ring k is xy[ends[k]:ends[k + 1]], closed: its last vertex repeats its first
     n, rings = len(xy), len(ends) - 1
     ring = np.repeat(np.arange(rings, dtype=np.int32), np.diff(ends))
-    closing = np.zeros(n, bool)
-    closing[ends[1:] - 1] = True
     # each vertex's neighbours along its ring, the closing vertex left out of the cycle
-    before = np.arange(-1, n - 1, dtype=np.int32)
-    before[ends[:-1]] = ends[1:] - 2
-    d1 = xy - xy[before]
-    del before
-    after = np.arange(1, n + 1, dtype=np.int32)
-    after[ends[1:] - 2] = ends[:-1]
-    after[-1] = 0  # a closing vertex: not used
-    d2 = xy[after] - xy
-    del after
-    straight = (d1[:, 0] * d2[:, 1] == d1[:, 1] * d2[:, 0]) & ((d1 * d2).sum(1) > 0)  # on, not back along
-    del d1, d2
-    keep = ~straight & ~closing
+    before, after = np.arange(-1, n - 1, dtype=np.int32), np.arange(1, n + 1, dtype=np.int32)
+    before[ends[:-1]], after[ends[1:] - 2] = ends[1:] - 2, ends[:-1]
+    keep = np.ones(n, bool)
+    keep[ends[1:] - 1] = False
+    for i in range(0, n, chunk):
+        j = min(n, i + chunk)
+        d1, d2 = xy[i:j] - xy[before[i:j]], xy[np.minimum(after[i:j], n - 1)] - xy[i:j]
+        keep[i:j] &= (d1[:, 0] * d2[:, 1] != d1[:, 1] * d2[:, 0]) | ((d1 * d2).sum(1) <= 0)  # not on, or back along
+    del before, after
     kept = np.bincount(ring[keep], minlength=rings)
     first = np.flatnonzero(keep)[np.r_[0, np.cumsum(kept)[:-1]]]  # each ring's first kept vertex
     new_ends = np.r_[0, np.cumsum(kept + 1)]

@@ -260,6 +260,24 @@ def test_evaluate_writes_gis_figures_per_image_and_split(tmp_path):
 # The flags
 
 
+def test_straight_runs_go_as_shapely_simplify_at_zero_drops_them():
+    """polygons.without_straight_runs against shapely.simplify(geom, 0): rings whose first vertex is on
+    a run, runs along and across the axes, a hole, and two polygons (a MultiPolygon); the pieces' list
+    is emptied."""
+    import shapely
+    import polygons
+    shell = [(2, 0), (4, 0), (6, 0), (6, 3), (6, 6), (3, 6), (0, 6), (0, 3), (1, 1), (0, 0)]  # starts mid-run
+    hole = [(2, 2), (3, 3), (4, 4), (4, 2), (3, 2)]
+    for geom in (shapely.Polygon(shell, [hole]), shapely.MultiPolygon([shapely.Polygon(shell, [hole]),
+                                                                     shapely.Polygon([(20, 0), (22, 0), (24, 0), (24, 2), (20, 2)])])):
+        group = [geom]
+        got = polygons.without_straight_runs(group, chunk=3)  # chunks smaller than a ring
+        want = shapely.simplify(geom, 0, preserve_topology=False)
+        assert group == [] and shapely.normalize(got).equals_exact(shapely.normalize(want), 0), (got, want)
+        assert shapely.get_num_coordinates(got) < shapely.get_num_coordinates(geom)
+        assert got.equals(geom)  # the same point set
+
+
 def test_min_area_sieves_into_the_surrounding_class():
     """--min-area 9: a 2x2 park speck in a lake becomes lake, a 3x3 one stays (its polygon covers its
     9 pixel centres); 0 keeps both."""
