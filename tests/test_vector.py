@@ -264,7 +264,6 @@ def test_straight_runs_go_as_shapely_simplify_at_zero_drops_them():
     """polygons.without_straight_runs against shapely.simplify(geom, 0): rings whose first vertex is on
     a run, runs along and across the axes, a hole, and two polygons (a MultiPolygon); the pieces' list
     is emptied."""
-    import shapely
     import polygons
     shell = [(2, 0), (4, 0), (6, 0), (6, 3), (6, 6), (3, 6), (0, 6), (0, 3), (1, 1), (0, 0)]  # starts mid-run
     hole = [(2, 2), (3, 3), (4, 4), (4, 2), (3, 2)]
