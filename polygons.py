@@ -159,7 +159,7 @@ def without_straight_runs(group: list, chunk: int = 1 << 20):
     import shapely
     geom = union_of(group)
     group.clear()
-    if geom.geom_type not in ("Polygon", "MultiPolygon"):  # what make_valid leaves of a broken piece
+    if geom.geom_type not in ("Polygon", "MultiPolygon"):  # a degenerate union: valid_parts sorts it out
         return geom
     kind, xy, offsets = shapely.to_ragged_array([geom])
     del geom

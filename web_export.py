@@ -100,13 +100,13 @@ def save_fp16(fp32: Path, path: Path):
 
 
 def calibration_tiles(folder: Path, pairs: bool, config: dict) -> torch.Tensor:
-    """int8.CALIBRATION_TILES tiles (N, 3, TILE, TILE) in [-1, 1] of the pictures or rasters in folder, read
-    as predict.py reads them (with `pairs`, the input half of each A|B pair): int8's own choice of
-    tiles (int8.calibration_tiles)."""
+    """The tiles (N, 3, TILE, TILE) in [-1, 1] of the pictures or rasters in folder that predict.py
+    --int8 --calibrate takes (int8.calibration_tiles, as many), read as predict.py reads them (with
+    `pairs`, the input half of each A|B pair)."""
     if not folder.is_dir():
         raise InputError(f"--calibrate {folder}: expected a folder of satellite pictures or rasters")
     opts = raster.Options(Engine(TILE, OVERLAP), pairs=pairs, direction=config["direction"])
-    return int8.calibration_tiles(raster.input_files(folder, "--calibrate"), opts, int8.CALIBRATION_TILES, config["input_nc"])
+    return int8.calibration_tiles(raster.input_files(folder, "--calibrate"), opts, in_channels=config["input_nc"])
 
 
 def difference(fp32: Path, small: Path, tiles: torch.Tensor | None, seed: int) -> dict:
