@@ -15,6 +15,7 @@ import copy
 import signal
 import sys
 import time
+import traceback
 from functools import partial
 from pathlib import Path
 
@@ -35,9 +36,9 @@ from discriminator import define_D
 from generator import define_G, inference, init_weights, size_multiple
 from losses import gan_loss, gradient_penalty, make_scheduler
 from rundir import RunDir
-from utils import (InputError, all_agree, amp_dtype, as_rgb, broadcast_buffers, gather_objects, init_distributed,
-                   local_rank, pick_device, protect_output, rng_state, run_command, seed_everything,
-                   set_determinism)
+from utils import (InputError, all_agree, amp_dtype, as_rgb, broadcast_buffers, end_distributed, gather_objects,
+                   init_distributed, local_rank, pick_device, protect_output, rng_state, run_command,
+                   seed_everything, set_determinism)
 
 # Under torch.distributed the processes agree on a stop signal every this many steps (and at log points)
 STOP_EVERY = 10
@@ -360,8 +361,12 @@ def main(cfg: Config):
     stop = StopFlag()
     try:
         fit(cfg, stop)
+    except BaseException as e:
+        traceback.clear_frames(e.__traceback__)  # the frames' DDP wrappers too can go before the group
+        raise
     finally:
         stop.restore()
+        end_distributed()
 
 
 def fit(cfg: Config, stop: StopFlag):
@@ -461,7 +466,7 @@ def fit(cfg: Config, stop: StopFlag):
         if best.step is not None:
             print(f"best val_{cfg.best_metric} {best.value:.4f} at step {best.step}: {run.best}")
     if dist.is_initialized():
-        dist.destroy_process_group()
+        dist.barrier()  # nobody leaves while another process still writes its part of the last save
 
 
 if __name__ == "__main__":

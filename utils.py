@@ -5,6 +5,7 @@ sample grids, and the few torch.distributed calls the trainer needs.
 """
 import copy
 import errno
+import gc
 import os
 import random
 import sys
@@ -432,6 +433,16 @@ def init_distributed(device_name: str = "auto") -> tuple[int, int]:
     # wait in a barrier (NCCL's default is 10 minutes)
     dist.init_process_group(backend, timeout=timedelta(hours=1))
     return dist.get_rank(), dist.get_world_size()
+
+
+def end_distributed():
+    """Leave torch.distributed, if this process joined it. DDP wrappers are reference cycles that keep
+    the process group alive after destroy_process_group; collected first, while the interpreter is
+    whole, the group really closes its connections and joins its threads here, instead of at the
+    interpreter's exit, where Gloo can abort a process whose run was already saved."""
+    if dist.is_initialized():
+        gc.collect()
+        dist.destroy_process_group()
 
 
 def local_rank() -> int:

@@ -18,7 +18,8 @@ import torch
 
 from conftest import ROOT, TINY, assert_same, make_dataset
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+# PYTHONFAULTHANDLER: a process that dies of a signal (an abort in C++) prints where each thread was
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
 
 
 def torchrun(*args):
@@ -52,7 +53,7 @@ def two_nodes(*args) -> str:
     except subprocess.TimeoutExpired:
         for q in launches:
             q.kill()
-        said = [q.communicate()[0][-3000:] for q in launches]
+        said = [q.communicate()[0][-12000:] for q in launches]
         pytest.fail(f"two nodes did not finish in 120 s; node 0 said:\n{said[0]}\nnode 1 said:\n{said[1]}")
     for p, out in zip(launches, outs):
         assert p.returncode == 0, out[-4000:]
