@@ -46,9 +46,10 @@ import predict  # noqa: E402
 import raster  # noqa: E402
 import tiles  # noqa: E402
 import vector  # noqa: E402
-from config import WEIGHTS_HELP, add_device, command_parser  # noqa: E402
+from cli import Cancelled, InputError, command_parser, run_command  # noqa: E402
+from config import WEIGHTS_HELP, add_device  # noqa: E402
 from generator import PRETRAINED  # noqa: E402
-from utils import Cancelled, InputError, pick_device, run_command, save_image  # noqa: E402
+from utils import pick_device, save_image  # noqa: E402
 
 MAX_MEGAPIXELS = 64  # a request's work at most by default: a real scene (8000 x 8000 px), not a gigapixel one
 MAX_SECONDS = 600  # a request's time at most by default, from the moment it leaves the queue
@@ -180,8 +181,8 @@ def read_preview(path: Path, size: tuple[int, int], opts: raster.Options | None 
     """An RGB picture of a raster (the result, or the input scaled as the engine scales it), read at
     preview size from its overviews; pixels without data are black. A grey raster (a grey generator's
     input or map) is shown as grey, its one band repeated (bands.pick_bands)."""
-    with raster.rasterio_env():
-        ds = raster.open_raster(path)
+    with bands.rasterio_env():
+        ds = bands.open_raster(path)
         with ds:
             chosen = bands.pick_bands(ds, None if opts is None else opts.bands, path)
             shape = (3, size[1], size[0])
@@ -298,7 +299,7 @@ def translate_file(models: Models, path: Path, label: str, args, progress, work:
             after = thumbnail(result.convert("RGB"), preview_size(width, height))
         before = thumbnail(dataset.load_rgb(path, opts.max_pixels), after.size)
     else:
-        with raster.rasterio_env(), raster.open_raster(out) as ds:
+        with bands.rasterio_env(), bands.open_raster(out) as ds:
             width, height = ds.width, ds.height
         size = preview_size(width, height)
         after, before = read_preview(out, size), read_preview(path, size, opts)
@@ -320,7 +321,7 @@ def geotiff_only(path: Path):
     import rasterio
     from rasterio.errors import RasterioError
     try:
-        with raster.rasterio_env(), rasterio.open(path, driver="GTiff"):
+        with bands.rasterio_env(), rasterio.open(path, driver="GTiff"):
             pass
     except (RasterioError, OSError):
         raise InputError(f"{path}: not a GeoTIFF (the rasters this server reads)") from None

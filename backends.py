@@ -28,8 +28,10 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from durable import ordinary_mode, replace_durably
+from cli import InputError
 from generator import channels, inference, load_generator, weights_path
-from utils import InputError, amp_dtype, ordinary_mode, replace_durably
+from utils import amp_dtype
 
 BACKENDS = ("auto", "torch", "onnxruntime")
 BACKEND_VARIABLE = "SAT2MAP_BACKEND"  # the default of --backend where set (the test suite pins torch)

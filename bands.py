@@ -1,23 +1,75 @@
-"""Which bands of a raster the generator reads, how their values become [-1, 1], and where they are valid.
+"""Opening a raster, which of its bands the generator reads, the limits that scale their values, and
+where they are valid.
 
     python predict.py --weights sat2map --input scene.tif --out out/ --bands 3,2,1 --stretch 2,98
 
 `pick_bands` follows --bands, else the colour interpretation (three bands, or one for a grey
 generator); `value_limits` gives the per-band limits of --range or of the --stretch percentiles,
 which `stretch_limits` takes from an overview or a sample of small windows, never from the whole
-raster; `valid_mask` is GDAL's nodata, mask and alpha (and finite values); `RasterSource` is what the
-tile engine reads. raster.py plans and writes around them; the app's previews scale as they do.
+raster; `valid_mask` is GDAL's nodata, mask and alpha (and finite values). `open_raster` opens a
+file GDAL reads, inside `rasterio_env`'s settings. raster.py's RasterSource reads the tile engine's
+windows through them, vector.py its class windows; the app's previews scale as raster.py does. No
+torch here, so that vector.py starts light.
 """
 import math
+import os
+from pathlib import Path
 
 import numpy as np
-import torch
 
-from utils import InputError
+from cli import InputError, first_line
 
+GDAL_CACHE_MB = 32  # GDAL's block cache counts in our memory; the engine never needs more than this
 SAMPLE_WINDOWS = 10  # the stretch samples SAMPLE_WINDOWS^2 windows, one in each cell of a grid
 SAMPLE_SIZE = 64  # px side of a sampling window
 OVERVIEW_PIXELS = 1 << 20  # an overview this small or smaller is read whole for the stretch
+
+
+def rasterio_env():
+    """GDAL settings for the raster path: a small block cache (it is part of our peak memory unless
+    GDAL_CACHEMAX is set), no .aux.xml side files, masks stored inside the TIFF."""
+    import rasterio
+    options = {"GDAL_PAM_ENABLED": "NO", "GDAL_TIFF_INTERNAL_MASK": "YES"}
+    if "GDAL_CACHEMAX" not in os.environ:
+        options["GDAL_CACHEMAX"] = GDAL_CACHE_MB
+    return rasterio.Env(**options)
+
+
+def open_raster(path: Path):
+    """Open a raster GDAL can read, or raise InputError naming the file."""
+    import rasterio
+    from rasterio.errors import RasterioError
+    try:
+        ds = rasterio.open(path)
+    except (RasterioError, OSError) as e:
+        raise InputError(f"{path}: not a raster GDAL can read ({gdal_reason(e)})") from None
+    if ds.count == 0 or ds.width == 0 or ds.height == 0:
+        ds.close()
+        raise InputError(f"{path}: has no bands or no pixels")
+    return ds
+
+
+def gdal_reason(error: BaseException) -> str:
+    """What GDAL said went wrong: rasterio often raises "Read failed. See previous exception for
+    details.", and the exceptions it chains hold the cause (a missing source file, a short read)."""
+    chain = []
+    while error is not None and len(chain) < 10:
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    said = [first_line(e, 200) for e in chain if "previous exception" not in str(e)]
+    return said[-1] if said else first_line(chain[0], 200)
+
+
+def read_failure(path, error: BaseException) -> InputError:
+    """The one-line error for pixels GDAL could not read from path (or a file it refers to)."""
+    reason = gdal_reason(error)
+    missing = "No such file" in reason or "does not exist" in reason
+    return InputError(f"{path}: cannot read its pixels: {reason}" + ("" if missing else " (is the file complete?)"))
+
+
+def is_georeferenced(ds) -> bool:
+    from affine import Affine
+    return ds.crs is not None or ds.transform != Affine.identity() or bool(ds.gcps[0])
 
 
 def pick_bands(ds, requested: list[int] | None, path, count: int = 3) -> list[int]:
@@ -156,32 +208,5 @@ def collect(ds, bands: list[int], windows, limit: int | None = None) -> list[np.
     return [np.concatenate(found[b]) for b in bands]
 
 
-class RasterSource:
-    """The chosen bands of a rasterio dataset (three, or one for a grey generator), scaled to [-1, 1]:
-    uint8 as it is, anything else through (value - lo) / (hi - lo) per band, clipped; plus the validity
-    mask."""
 
-    def __init__(self, ds, bands: list[int], lo=None, hi=None):
-        self.ds, self.bands = ds, bands
-        self.height, self.width = ds.height, ds.width
-        self.lo = None if lo is None else torch.tensor(lo, dtype=torch.float32).view(-1, 1, 1)
-        self.hi = None if hi is None else torch.tensor(hi, dtype=torch.float32).view(-1, 1, 1)
-
-    def read_raw(self, y0, y1, x0, x1):
-        """The bands' values in a window, as stored, and where they are valid."""
-        from rasterio.windows import Window
-        win = Window(x0, y0, x1 - x0, y1 - y0)
-        data = self.ds.read(self.bands, window=win)
-        return data, torch.from_numpy(valid_mask(self.ds, self.bands, win, data))
-
-    def scale(self, data: np.ndarray) -> torch.Tensor:
-        """Stored values -> float (C, h, w) in [-1, 1]."""
-        if self.lo is None:
-            return torch.from_numpy(data).float().div_(127.5).sub_(1)
-        x = data.astype(np.float32)
-        x = torch.from_numpy(x if data.dtype.kind in "iu" else np.nan_to_num(x, copy=False))
-        return x.sub_(self.lo).div_(self.hi - self.lo).clamp_(0, 1).mul_(2).sub_(1)
-
-    def read(self, y0, y1, x0, x1):
-        data, valid = self.read_raw(y0, y1, x0, x1)
-        return self.scale(data), valid
+#END

@@ -45,12 +45,13 @@ import dataset
 import int8
 import probe
 from backends import PRECISIONS, Choice
-from config import Config, add_device, command_parser
+from cli import command_parser, run_command
+from config import Config, add_device
 from discriminator import Discriminator
 from generator import Generator, init_weights, load_generator
 from tiles import run_tiles
 from train import gan_step, to_pair, training_layout
-from utils import amp_dtype, pick_device, run_command, set_determinism
+from utils import amp_dtype, pick_device, set_determinism
 
 # Pass marks. CPU: against the reference on the same machine, by hardware class: with native bf16
 # (AVX512-BF16 or AMX) or without; and int8 against float32 (both on ONNX Runtime) where the CPU has

@@ -21,9 +21,10 @@ import torch
 import dataset
 import train
 from bench import measure
-from config import add_device, command_parser, parse_config
+from cli import InputError, command_parser, run_command
+from config import add_device, parse_config
 from generator import NETG, load_generator
-from utils import InputError, amp_dtype, pick_device, run_command
+from utils import amp_dtype, pick_device
 
 METRICS = ("l1", "psnr", "ssim", "acc10", "miou_structure")
 

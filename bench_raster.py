@@ -22,7 +22,6 @@ runs them one after the other (auto: as predict.py picks for the device). The ne
 the network-alone rate and the ratio follow it; `startup` includes a first probe or export.
 """
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -32,8 +31,9 @@ from pathlib import Path
 import numpy as np
 
 import backends
-from config import add_device, command_parser
-from utils import InputError
+from cli import InputError, command_parser
+from config import add_device
+from memory import peak_rss_mb
 
 MODELS = {"full": 64, "small": 8}  # name -> generator width (ngf)
 TARGET = 0.85  # the raster path's share of the network-alone rate it must reach
@@ -65,16 +65,6 @@ def make_raster(path: Path, size: int, rows: int = 512, dtype: str = "uint16") -
             dst.write(data, window=rasterio.windows.Window(0, y, size, h))
     tmp.rename(path)
     return path
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident set size so far, in MiB: the kernel's VmHWM, which starts afresh
-    with the program (ru_maxrss would carry over the parent's peak across fork and exec)."""
-    try:
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
-    except (OSError, StopIteration):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def child(argv: list[str]):

@@ -10,7 +10,7 @@ default the sample pairs in ../shared/maps_sample: the one with the most road pi
 streets, parks and water run on across tile edges: the scene's road network is one connected piece,
 the hardest case for the merge at block edges. It is written in strips, so making it takes little
 memory. Every run of vector.py is its own process; its peak RSS is the kernel's high-water mark
-(bench_raster.peak_rss_mb), shown next to the mark after the imports. PASS where the peak stays under
+(memory.peak_rss_mb), shown next to the mark after the imports. PASS where the peak stays under
 TARGET_MB. The class raster is written too, unless --no-classes (as predict.py --vector runs).
 """
 import json
@@ -22,9 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-import raster
-from config import command_parser
-from utils import InputError, replace_durably, run_command
+from cli import InputError, command_parser, parse_list, run_command
+from durable import replace_durably
 
 TARGET_MB = 2048  # peak RSS a 16000 x 16000 scene must stay under
 SAMPLE = Path(__file__).resolve().parent.parent / "shared" / "maps_sample"
@@ -71,7 +70,7 @@ def child(argv: list[str]):
     import skimage.morphology  # noqa: F401
     import palette
     import vector
-    from bench_raster import peak_rss_mb
+    from memory import peak_rss_mb
     palette.tables()
     before = peak_rss_mb()
     start = time.perf_counter()
@@ -105,7 +104,7 @@ def main(argv=None):
     p.add_argument("--json", action="store_true", help="also print the rows as one JSON line")
     args = p.parse_args(argv)
     try:
-        sizes = raster.parse_list(args.sizes, "--sizes", int)
+        sizes = parse_list(args.sizes, "--sizes", int)
         vector.Settings(block=args.block).check()
     except InputError as e:
         p.error(str(e))

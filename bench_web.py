@@ -26,10 +26,10 @@ from PIL import Image
 
 import probe
 import web_export
-from config import WEIGHTS_HELP, command_parser
+from cli import InputError, command_parser, run_command
+from config import WEIGHTS_HELP
 from generator import load_generator
 from tiles import tile_starts
-from utils import InputError, run_command
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "web"))
 import serve  # noqa: E402  (web/serve.py)

@@ -18,9 +18,10 @@ from pathlib import Path
 
 from PIL import Image
 
+import bands
 import dataset
 import raster
-from utils import InputError
+from cli import InputError
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -31,8 +32,8 @@ def work_size(path: Path, opts: raster.Options) -> tuple[tuple[int, int], tuple[
     """((width, height) of the input, (width, height) the engine translates), from the header alone;
     None for a picture PIL cannot open (the translation reports it)."""
     if not raster.is_picture(path):
-        with raster.rasterio_env():
-            ds = raster.open_raster(path)
+        with bands.rasterio_env():
+            ds = bands.open_raster(path)
             with ds:
                 width, height, _ = raster.working_size(ds, path, opts)
                 return (ds.width, ds.height), (width, height)

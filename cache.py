@@ -23,7 +23,9 @@ from tqdm import tqdm
 
 import dataset
 from dataset import DataError, crop_flip, drop_bad, hw
-from utils import all_agree, available_ram, local_world_size, replace_durably
+from durable import replace_durably
+from memory import available_ram
+from utils import all_agree, local_world_size
 
 # --data-cache auto keeps the decoded set in memory when it takes at most this share of the available RAM
 # (divided among the node's processes, each holding a copy) and of the GPU's memory; the rest of the GPU

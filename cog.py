@@ -21,10 +21,15 @@ from pathlib import Path
 
 import numpy as np
 
-from tiles import to_uint8
-from utils import replace_durably
+from durable import replace_durably
 
 BLOCK = 512  # px side of the tiles of every GTiff written here (working files, overviews, the COG)
+
+
+def to_uint8(rgb) -> np.ndarray:
+    """A torch tensor (C, h, w) in [-1, 1] -> uint8 rounded to the nearest level, as utils.to_image does
+    (tensor methods only: this module imports no torch)."""
+    return rgb.clamp(-1, 1).add_(1).mul_(127.5).round_().byte().numpy()
 
 
 @functools.cache

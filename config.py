@@ -9,16 +9,14 @@ pix2pix spellings.
 """
 import argparse
 import dataclasses
-import difflib
 import math
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cli import Parser, command_parser
 from discriminator import NETD
 from generator import INIT_TYPES, NETG, size_multiple
 from losses import GAN_MODES, LR_POLICIES
-from utils import InputError
 
 # --preprocess choices of the official code (data/base_dataset.py semantics; see dataset.preprocess_size)
 PREPROCESS = ("resize_and_crop", "crop", "scale_width", "scale_width_and_crop", "none")
@@ -207,91 +205,9 @@ def saved_arch(saved: dict, key: str):
     return saved.get(key, Config.__dataclass_fields__[key].default)
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows a flag's default after its help, unless the help already states one, the flag is
-    required, or there is no default to show."""
-
-    def _get_help_string(self, action):
-        text = action.help or ""
-        if action.required or action.default in (None, argparse.SUPPRESS) or "default" in text:
-            return text
-        return super()._get_help_string(action)
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse that reports a bad command line in one line instead of a usage dump, suggests the
-    flag a misspelled one was meant to be, takes every flag spelt with underscores too (--load_size is
-    --load-size), takes other spellings of a flag silently (`alias`, unlisted in --help) and flags
-    renamed since (with a notice), and runs `hooks` over the parsed namespace (official.py's)."""
-
-    def __init__(self, *args, **kw):
-        super().__init__(*args, **kw)
-        self.renamed, self.aliases, self.hooks, self.argv = {}, {}, [], []
-
-    def rename(self, old: str, new: str):
-        """Accept the old flag name for a while, as `new`, with a one-line notice on stderr."""
-        self.renamed[old] = new
-
-    def alias(self, other: str, flag: str):
-        """Take `other` (or its underscore spelling) as `flag`, silently: another name for the same
-        thing, such as the official code's, which --help does not list a second time."""
-        self.aliases[other] = flag
-
-    def spelled(self, name: str, known: set) -> str:
-        """The flag a command-line name stands for: itself, its hyphenated form, an alias of either,
-        or a renamed flag (with a notice)."""
-        hyphenated = "--" + name[2:].replace("_", "-")
-        for candidate in (name, hyphenated):
-            if candidate in known:
-                return candidate
-            if candidate in self.aliases:
-                return self.aliases[candidate]
-        if name in self.renamed:
-            print(f"notice: {name} is now {self.renamed[name]}; please use the new name", file=sys.stderr)
-            return self.renamed[name]
-        return name
-
-    def parse_known_args(self, args=None, namespace=None):
-        args = list(sys.argv[1:] if args is None else map(str, args))
-        known = {s for action in self._actions for s in action.option_strings}
-        for i, arg in enumerate(args):
-            if arg == "--":
-                break
-            name, eq, value = arg.partition("=")
-            if name.startswith("--"):
-                args[i] = self.spelled(name, known) + eq + value
-        self.argv = args
-        return super().parse_known_args(args, namespace)
-
-    def parse_args(self, args=None, namespace=None):
-        """argparse's parse_args, with the hooks run before unknown flags are reported (a hook may
-        require a flag, which argparse reports first)."""
-        namespace, extras = self.parse_known_args(args, namespace)
-        for hook in self.hooks:
-            try:
-                hook(namespace)
-            except InputError as e:
-                self.error(str(e))
-        if extras:
-            self.error(f"unrecognized arguments: {' '.join(extras)}")
-        return namespace
-
-    def error(self, message):
-        known = [s for action in self._actions if action.help != argparse.SUPPRESS
-                 for s in action.option_strings if s.startswith("--")]
-        unknown = [a.partition("=")[0] for a in self.argv if a.startswith("--") and a.partition("=")[0] not in known]
-        hints = [f"did you mean {near[0]}?" for a in unknown if (near := difflib.get_close_matches(a, known, 1, 0.75))]
-        self.exit(2, f"{self.prog}: error: {message}{'; ' if hints else ''}{' '.join(hints)} (see --help)\n")
-
-
 WEIGHTS_HELP = ("G.pt, last.pt or G_best.pt of a run, an official pix2pix *_net_G.pth (any --netG), or an official "
                 "pretrained name: sat2map, map2sat, facades_label2photo, edges2shoes, edges2handbags, day2night "
                 "(downloaded once into weights/)")
-
-
-def command_parser(description: str) -> Parser:
-    """The parser every command starts from: one-line errors, defaults shown in --help, no abbreviations."""
-    return Parser(description=description, allow_abbrev=False, formatter_class=HelpFormatter)
 
 
 def add_device(parser: Parser):

@@ -26,9 +26,10 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
-from config import command_parser
+from cli import InputError, command_parser, first_line, run_command
 from download import DownloadError, fetch, sha256sum
-from utils import InputError, first_line, ordinary_mode, run_command, save_image
+from durable import ordinary_mode
+from utils import save_image
 
 IMG_EXTS = (".jpg", ".jpeg", ".png")
 MIN_HALF = 16  # px; smaller halves cannot be a real training pair

@@ -19,7 +19,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from utils import InputError, replace_durably
+from durable import replace_durably
+from cli import InputError
 
 
 class DownloadError(InputError):

@@ -31,10 +31,12 @@ import fid
 import int8
 import official
 import vector
-from config import WEIGHTS_HELP, add_device, command_parser
+from cli import InputError, command_parser, run_command
+from config import WEIGHTS_HELP, add_device
+from durable import atomic_write_text
 from generator import channels, tta
 from palette import CLASSES, PARK, WATER, classify
-from utils import InputError, as_rgb, atomic_write_text, pick_device, run_command, save_grid
+from utils import as_rgb, pick_device, save_grid
 
 
 def gaussian_ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

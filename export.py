@@ -20,9 +20,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from config import WEIGHTS_HELP, add_device, command_parser
+from cli import InputError, command_parser, run_command
+from config import WEIGHTS_HELP, add_device
+from durable import replace_durably
 from generator import channels, load_generator
-from utils import InputError, pick_device, replace_durably, run_command
+from utils import pick_device
 
 MISSING = ("onnx and onnxruntime are needed for the export: pip install -r requirements.txt "
            "(or pip install onnx onnxruntime onnxscript)")

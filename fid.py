@@ -15,7 +15,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from utils import InputError, first_line, safe_load
+from cli import InputError, first_line
+from utils import safe_load
 
 WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d.pth"
 WEIGHTS_URL = f"https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/{WEIGHTS_NAME}"

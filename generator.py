@@ -15,8 +15,10 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from cli import InputError
 from download import DownloadError, fetch
-from utils import InputError, made_folder, replace_durably, safe_load
+from durable import made_folder, replace_durably
+from utils import safe_load
 
 NUM_DOWNS = 8  # 256 -> 1 pixel at the bottleneck
 # --netG choices of the official code: U-Net levels, or residual blocks of the ResNet generator

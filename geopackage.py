@@ -94,7 +94,7 @@ def to_geojson(gpkg: Path, path: Path, crs, name: str):
 @contextlib.contextmanager
 def unsynced_sqlite():
     """SQLite (GeoPackage) without its own syncs and journal while it writes our temp file: the
-    file is thrown away if anything fails, and fsynced before its rename (utils.replace_durably),
+    file is thrown away if anything fails, and fsynced before its rename (durable.replace_durably),
     so they would only be the same safety paid for at every table and transaction."""
     import pyogrio
     options = {"OGR_SQLITE_SYNCHRONOUS": "OFF", "OGR_SQLITE_JOURNAL": "OFF"}

@@ -23,8 +23,9 @@ import torch
 
 import backends
 import raster
+from durable import ordinary_mode, replace_durably
+from cli import InputError
 from tiles import Engine, fill_invalid, pad_reflect, tile_starts
-from utils import InputError, ordinary_mode, replace_durably
 
 CALIBRATION_TILES = 16  # tiles calibrated on (and the cost measured on) unless given others
 MIN_VALID = 0.5  # share of valid pixels a calibration tile needs

@@ -6,7 +6,7 @@
 A command line written for junyanz/pytorch-CycleGAN-and-pix2pix (options/base_options.py,
 train_options.py, test_options.py and the pix2pix model's --lambda_L1) works here. Each official
 option gets one of three answers from each command (docs/options.md lists them all):
-  - the same flag: config.Parser takes every flag with underscores for hyphens, and ALIASES name the
+  - the same flag: cli.Parser takes every flag with underscores for hyphens, and ALIASES name the
     flags whose names differ (--dataroot is --data-root);
   - a translation: the hooks below turn the official value into ours (--gpu_ids -1 is --device cpu,
     --print_freq counts images where --log-every counts steps), or accept a value that asks for what
@@ -19,7 +19,8 @@ import os
 import sys
 from pathlib import Path
 
-from utils import InputError, local_world_size
+from cli import InputError
+from utils import local_world_size
 
 # Every option of the official parsers, by the script that defines it; "!" marks a switch (no value)
 OFFICIAL = {

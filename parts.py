@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 
 import cog
-from raster import Options, finish, is_picture, open_raster, part_path, plan_raster, rasterio_env, working_size
-from utils import InputError
+from cli import InputError
+from bands import open_raster, rasterio_env
+from raster import Options, finish, is_picture, part_path, plan_raster, working_size
 
 
 def parts_of(path: Path, opts: Options, n: int) -> int:

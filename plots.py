@@ -14,8 +14,8 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display on servers, and no GUI event loop in the trainer
 import matplotlib.pyplot as plt  # noqa: E402
 
-from config import command_parser  # noqa: E402
-from utils import InputError, replace_durably, run_command  # noqa: E402
+from cli import InputError, command_parser, run_command  # noqa: E402
+from durable import replace_durably  # noqa: E402
 
 # One panel per group of keys that share a scale; panels without data are left out
 PANELS = [

@@ -32,9 +32,11 @@ import parts
 import raster
 import tiles
 import vector
-from config import WEIGHTS_HELP, add_device, command_parser
+from cli import Cancelled, InputError, command_parser, parse_list, report, run_command
+from config import WEIGHTS_HELP, add_device
+from durable import made_folder
 from generator import channels
-from utils import Cancelled, InputError, gather_objects, init_distributed, made_folder, pick_device, run_command
+from utils import gather_objects, init_distributed, pick_device
 
 SHOW_PIXELS = 1 << 21  # the progress bar appears from this many input pixels on (32 tiles of 256 px)
 
@@ -229,7 +231,7 @@ def translate_files(G, files: list[Path], out_dir: Path, opts: raster.Options, r
                 if layers:
                     add_layers(out, cancel)
         for i in sorted(failures):
-            raster.report(f"{failures[i]}: skipped")
+            report(f"{failures[i]}: skipped")
     # every process exits with rank 0's status, and only once rank 0 is done: torchrun stops the
     # others as soon as one process exits with an error
     return progress.agree(len(failures) if rank == 0 else None)
@@ -244,7 +246,7 @@ def add_layers(out: Path, cancel=None):
     except Cancelled as e:
         raise Cancelled(f"{out}: {e} while vectorising; the map is written, its layers are not") from None
     if why:
-        raster.report(f"note: {out}: no GIS layers: {why}")
+        report(f"note: {out}: no GIS layers: {why}")
 
 
 class JobProgress:
@@ -320,9 +322,9 @@ def options(args) -> raster.Options:
         raise InputError(f"--block {args.block}: expected a positive multiple of 256")
     if args.max_megapixels is not None and not args.max_megapixels > 0:
         raise InputError(f"--max-megapixels {args.max_megapixels}: expected a positive number")
-    bands = None if args.bands is None else raster.parse_list(args.bands, "--bands", int)
-    stretch = raster.parse_list(args.stretch or "2,98", "--stretch", float, 2)
-    value_range = None if args.value_range is None else raster.parse_list(args.value_range, "--range", float, 2)
+    bands = None if args.bands is None else parse_list(args.bands, "--bands", int)
+    stretch = parse_list(args.stretch or "2,98", "--stretch", float, 2)
+    value_range = None if args.value_range is None else parse_list(args.value_range, "--range", float, 2)
     if not 0 <= stretch[0] < stretch[1] <= 100:
         raise InputError(f"--stretch {args.stretch}: expected LOW,HIGH percentiles with 0 <= LOW < HIGH <= 100")
     if value_range is not None and not value_range[0] < value_range[1]:

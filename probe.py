@@ -22,9 +22,10 @@ import torch
 
 import backends
 from backends import Choice
+from durable import atomic_write_text
 from generator import channels
 from tiles import run_tiles
-from utils import amp_dtype, atomic_write_text
+from utils import amp_dtype
 
 CPU_FLAGS = ("avx512_bf16", "amx_bf16", "amx_int8", "amx_tile", "avx512_vnni", "avx_vnni")
 # Timed calls per candidate, after one warm-up call: at least PROBE_CALLS, and more until PROBE_SECONDS

@@ -12,81 +12,21 @@ three, or one for grey.
 """
 import contextlib
 import math
-import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
+import torch
 
 import cog
 import dataset
-from bands import RasterSource, pick_bands, valid_mask, value_limits
+from bands import is_georeferenced, open_raster, pick_bands, rasterio_env, read_failure, valid_mask, value_limits
+from cli import InputError, report
 from generator import channels
 from tiles import ArraySink, Engine, TensorSource
-from utils import InputError, first_line
 
 RASTER_EXTS = (".tif", ".tiff", ".vrt", ".img", ".jp2")  # what a folder listing treats as rasters
-GDAL_CACHE_MB = 32  # GDAL's block cache counts in our memory; the engine never needs more than this
-
-
-# ----------------------------------------------------------------------------------------------------
-# Opening rasters, and flags that list values
-
-
-def rasterio_env():
-    """GDAL settings for the raster path: a small block cache (it is part of our peak memory unless
-    GDAL_CACHEMAX is set), no .aux.xml side files, masks stored inside the TIFF."""
-    import rasterio
-    options = {"GDAL_PAM_ENABLED": "NO", "GDAL_TIFF_INTERNAL_MASK": "YES"}
-    if "GDAL_CACHEMAX" not in os.environ:
-        options["GDAL_CACHEMAX"] = GDAL_CACHE_MB
-    return rasterio.Env(**options)
-
-
-def open_raster(path: Path):
-    """Open a raster GDAL can read, or raise InputError naming the file."""
-    import rasterio
-    from rasterio.errors import RasterioError
-    try:
-        ds = rasterio.open(path)
-    except (RasterioError, OSError) as e:
-        raise InputError(f"{path}: not a raster GDAL can read ({gdal_reason(e)})") from None
-    if ds.count == 0 or ds.width == 0 or ds.height == 0:
-        ds.close()
-        raise InputError(f"{path}: has no bands or no pixels")
-    return ds
-
-
-def gdal_reason(error: BaseException) -> str:
-    """What GDAL said went wrong: rasterio often raises "Read failed. See previous exception for
-    details.", and the exceptions it chains hold the cause (a missing source file, a short read)."""
-    chain = []
-    while error is not None and len(chain) < 10:
-        chain.append(error)
-        error = error.__cause__ or error.__context__
-    said = [first_line(e, 200) for e in chain if "previous exception" not in str(e)]
-    return said[-1] if said else first_line(chain[0], 200)
-
-
-def read_failure(path, error: BaseException) -> InputError:
-    """The one-line error for pixels GDAL could not read from path (or a file it refers to)."""
-    reason = gdal_reason(error)
-    missing = "No such file" in reason or "does not exist" in reason
-    return InputError(f"{path}: cannot read its pixels: {reason}" + ("" if missing else " (is the file complete?)"))
-
-
-def parse_list(text: str, flag: str, kind=float, count: int | None = None) -> list:
-    """'3,2,1' -> [3, 2, 1]; a clear InputError naming the flag otherwise."""
-    try:
-        values = [kind(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise InputError(f"{flag} {text!r}: expected comma-separated {kind.__name__} values") from None
-    if count is not None and len(values) != count:
-        raise InputError(f"{flag} {text!r}: expected {count} comma-separated values")
-    return values
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -164,11 +104,6 @@ def input_half(img, pairs: bool, direction: str, path: Path):
         raise dataset.DataError(f"{path}: odd width {img.width} (--pairs expects A|B halves of equal width)")
     half = img.width // 2
     return img.crop((0, 0, half, img.height) if direction == "AtoB" else (half, 0, img.width, img.height))
-
-
-def is_georeferenced(ds) -> bool:
-    from affine import Affine
-    return ds.crs is not None or ds.transform != Affine.identity() or bool(ds.gcps[0])
 
 
 def ground_scale(ds, gsd: float, path) -> float:
@@ -352,6 +287,37 @@ def plan_raster(ds, path: Path, out_dir: Path, opts: Options, in_channels: int =
     return RasterPlan(bands, lo, hi, out, fmt, alpha, georef, width, height, transform, True)
 
 
+class RasterSource:
+    """The chosen bands of a rasterio dataset (three, or one for a grey generator), scaled to [-1, 1]:
+    uint8 as it is, anything else through (value - lo) / (hi - lo) per band, clipped; plus the validity
+    mask."""
+
+    def __init__(self, ds, bands: list[int], lo=None, hi=None):
+        self.ds, self.bands = ds, bands
+        self.height, self.width = ds.height, ds.width
+        self.lo = None if lo is None else torch.tensor(lo, dtype=torch.float32).view(-1, 1, 1)
+        self.hi = None if hi is None else torch.tensor(hi, dtype=torch.float32).view(-1, 1, 1)
+
+    def read_raw(self, y0, y1, x0, x1):
+        """The bands' values in a window, as stored, and where they are valid."""
+        from rasterio.windows import Window
+        win = Window(x0, y0, x1 - x0, y1 - y0)
+        data = self.ds.read(self.bands, window=win)
+        return data, torch.from_numpy(valid_mask(self.ds, self.bands, win, data))
+
+    def scale(self, data: np.ndarray) -> torch.Tensor:
+        """Stored values -> float (C, h, w) in [-1, 1]."""
+        if self.lo is None:
+            return torch.from_numpy(data).float().div_(127.5).sub_(1)
+        x = data.astype(np.float32)
+        x = torch.from_numpy(x if data.dtype.kind in "iu" else np.nan_to_num(x, copy=False))
+        return x.sub_(self.lo).div_(self.hi - self.lo).clamp_(0, 1).mul_(2).sub_(1)
+
+    def read(self, y0, y1, x0, x1):
+        data, valid = self.read_raw(y0, y1, x0, x1)
+        return self.scale(data), valid
+
+
 @contextlib.contextmanager
 def working_source(ds, plan: RasterPlan):
     """The RasterSource the engine reads: the raster itself, or a resampling view of it."""
@@ -392,8 +358,3 @@ def predict_raster(G, ds, path: Path, out_dir: Path, opts: Options, progress, pa
             target.unlink(missing_ok=True)
             raise
         return target
-
-
-def report(message: str):
-    """One line on stderr that does not break a progress bar."""
-    tqdm.write(message, file=sys.stderr)

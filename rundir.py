@@ -21,8 +21,10 @@ from pathlib import Path
 import numpy as np
 
 import plots
+from cli import InputError, first_line
 from config import ARCH_FIELDS, Config, saved_arch
-from utils import InputError, atomic_save, atomic_write_text, first_line, safe_load, save_grid, set_rng_state
+from durable import atomic_write_text
+from utils import atomic_save, safe_load, save_grid, set_rng_state
 
 # ----------------------------------------------------------------------------------------------------
 # What a checkpoint holds: `checkpoint` builds last.pt; `check_complete`, `load_checkpoint` and

@@ -17,7 +17,6 @@ Stop button, a client gone, a time limit) through its cancel hook, checked befor
 raster.py supplies GeoTIFF sources and sinks; `translate` is the in-memory form.
 """
 import contextlib
-import ctypes
 import os
 import queue
 import threading
@@ -30,24 +29,12 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from backends import as_net
+from cog import to_uint8
+from cli import Cancelled
 from generator import channels, tta
-from utils import Cancelled
+from memory import fix_mmap_threshold
 
 SHOW_TILES = 32  # a per-file tile progress bar appears from this many tiles on
-MMAP_THRESHOLD = 256 << 10  # host buffers of this many bytes or more are mapped and unmapped whole
-
-
-
-def fix_mmap_threshold():
-    """Make glibc serve every host buffer of MMAP_THRESHOLD bytes or more (a row of tiles, a mask, an
-    output window) from its own mapping, handed back to the OS when freed. By default glibc raises
-    that threshold each time such a buffer is freed; later row buffers then come from the heaps of
-    the threads that allocate them (reader, network, writer: one arena each), which keep what is
-    freed and fragment, so peak memory crept up with the number of rows run, i.e. with the scene.
-    No-op where the C library has no mallopt (not glibc)."""
-    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
-    if mallopt is not None:
-        mallopt(-3, MMAP_THRESHOLD)  # -3: M_MMAP_THRESHOLD; setting it also stops its adjustment
 
 
 def overlap_pays(device) -> bool:
@@ -486,11 +473,6 @@ class TensorSink:
 
     def write(self, y, x, rgb, valid):
         self.out[:, y:y + rgb.shape[1], x:x + rgb.shape[2]] = rgb.to(self.out.device)
-
-
-def to_uint8(rgb: torch.Tensor) -> np.ndarray:
-    """(C, h, w) in [-1, 1] -> uint8 rounded to the nearest level, as utils.to_image does."""
-    return rgb.clamp(-1, 1).add_(1).mul_(127.5).round_().to(torch.uint8).numpy()
 
 
 class ArraySink:

@@ -31,14 +31,14 @@ import dataset
 import evaluate
 import fid
 import rundir
+from cli import InputError, protect_output, run_command
 from config import METRIC_GOALS, Config, parse_config
 from discriminator import define_D
 from generator import define_G, inference, init_weights, size_multiple
 from losses import gan_loss, gradient_penalty, make_scheduler
 from rundir import RunDir
-from utils import (InputError, all_agree, amp_dtype, as_rgb, broadcast_buffers, end_distributed, gather_objects,
-                   init_distributed, local_rank, pick_device, protect_output, rng_state, run_command,
-                   seed_everything, set_determinism)
+from utils import (all_agree, amp_dtype, as_rgb, broadcast_buffers, end_distributed, gather_objects, init_distributed,
+                   local_rank, pick_device, rng_state, seed_everything, set_determinism)
 
 # Under torch.distributed the processes agree on a stop signal every this many steps (and at log points)
 STOP_EVERY = 10

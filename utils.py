@@ -4,13 +4,9 @@ Seeding and RNG state, device choice, atomic saves and safe loads, image <-> ten
 sample grids, and the few torch.distributed calls the trainer needs.
 """
 import copy
-import errno
 import gc
 import os
 import random
-import sys
-import tempfile
-from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
@@ -19,82 +15,8 @@ import torch
 import torch.distributed as dist
 from PIL import Image, ImageDraw, ImageFont
 
-
-class InputError(ValueError):
-    """Bad input (a file, a flag, the data): the message names it and says what was expected.
-    Library code raises it; only a command's main turns it into one line and an exit status."""
-
-
-class Cancelled(Exception):
-    """A translation stopped before its end by its cancel hook (tiles.Engine.run's `cancel`: Ctrl-C,
-    a Stop button, a client gone, a time limit); the message says why. What it was writing is removed."""
-
-
-def first_line(error: BaseException, limit: int = 160) -> str:
-    """The first line of an exception's message (its type where it has none), cut to limit chars:
-    enough to say what went wrong inside a one-line error."""
-    return (str(error).strip().splitlines() or [type(error).__name__])[0][:limit]
-
-
-def run_command(main, argv=None):
-    """Run a command's main(argv): bad input, a failing file system, a cancelled translation or Ctrl-C
-    before the command's own handling end as one line on stderr and a non-zero exit status, never a
-    traceback."""
-    for stream in (sys.stdout, sys.stderr):  # file names need not be UTF-8; never crash printing one
-        if hasattr(stream, "reconfigure"):
-            stream.reconfigure(errors="backslashreplace")
-    try:
-        return main(argv)
-    except (InputError, Cancelled) as e:
-        sys.exit(f"error: {e}")
-    except OSError as e:
-        if e.errno in (errno.EPIPE,):
-            os._exit(1)  # the reader went away (`| head`): nothing left to tell anyone
-        where = f"{e.filename}: " if e.filename else ""
-        sys.exit(f"error: {where}{e.strerror or e}")
-    except KeyboardInterrupt:
-        sys.exit("error: interrupted")
-
-
-class SafeStream:
-    """A text stream whose writes never raise. When its reader goes away (`| tee log` stopped by
-    Ctrl-C, `| head`, a closed terminal) the file descriptor is pointed at /dev/null, so neither a
-    later print, a progress bar nor the interpreter's final flush can fail."""
-
-    def __init__(self, stream):
-        self.stream = stream
-
-    def _dropped(self):
-        try:
-            null = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(null, self.stream.fileno())
-            os.close(null)
-        except (OSError, ValueError, AttributeError):
-            pass
-
-    def write(self, text):
-        try:
-            return self.stream.write(text)
-        except (OSError, ValueError):
-            self._dropped()
-            return len(text)
-
-    def flush(self):
-        try:
-            self.stream.flush()
-        except (OSError, ValueError):
-            self._dropped()
-
-    def __getattr__(self, name):
-        return getattr(self.stream, name)
-
-
-def protect_output():
-    """Make stdout and stderr safe to write to whatever happens to their readers."""
-    if sys.stdout is not None and not isinstance(sys.stdout, SafeStream):
-        sys.stdout = SafeStream(sys.stdout)
-    if sys.stderr is not None and not isinstance(sys.stderr, SafeStream):
-        sys.stderr = SafeStream(sys.stderr)
+from cli import InputError, first_line
+from durable import atomic_write, replace_durably
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -162,19 +84,6 @@ def set_determinism(deterministic: bool):
     torch.backends.cudnn.benchmark = not deterministic
 
 
-def available_ram() -> int:
-    """Bytes of memory available to new allocations without swapping (MemAvailable), as the kernel
-    estimates it; free pages where /proc/meminfo is missing."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-
-
 def amp_dtype(amp: str, device: torch.device):
     """The autocast (training) or weight (inference) dtype for --amp, or None for float32. 'auto': bf16
     where the device runs it fast, fp16 on older CUDA GPUs, else float32.
@@ -195,78 +104,6 @@ def amp_dtype(amp: str, device: torch.device):
 
 # ----------------------------------------------------------------------------------------------------
 # Files
-
-
-def umask() -> int:
-    """The process's umask (reading it means setting it; the strictest mask stands in meanwhile)."""
-    mask = os.umask(0o077)
-    os.umask(mask)
-    return mask
-
-
-def ordinary_mode(path, folder=False):
-    """Give a file made by tempfile (0600, folders 0700) the mode an ordinary open() or mkdir() would
-    have given it, so that teammates the umask admits can read what we write."""
-    os.chmod(path, (0o777 if folder else 0o666) & ~umask())
-
-
-def atomic_write(path, write, mode="wb"):
-    """write(f) into a temp file in path's folder, then replace_durably: a crash at any instant
-    leaves either the old file or the new one, never a torn one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        ordinary_mode(tmp)
-        with os.fdopen(fd, mode) as f:
-            write(f)
-        replace_durably(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def replace_durably(tmp, path):
-    """Put the finished file tmp in path's place: its bytes on disk first (fsync), then the rename,
-    then the rename itself (fsync of the folder). After a crash or power loss, path is the old file
-    or the whole new one."""
-    fd = os.open(tmp, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    try:
-        dir_fd = os.open(Path(path).parent, os.O_RDONLY)
-    except OSError:  # a folder that cannot be opened (Windows) cannot be synced either
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError as e:  # some network and FUSE file systems cannot sync a folder; the file is in place
-        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
-            raise
-    finally:
-        os.close(dir_fd)
-
-
-@contextmanager
-def made_folder(folder):
-    """Create folder (and its missing parents) for the block; on leaving it, remove those it created
-    that stayed empty, so a run that wrote nothing leaves nothing behind."""
-    folder, created = Path(folder), []
-    missing = folder
-    while not missing.exists() and missing != missing.parent:
-        created.append(missing)
-        missing = missing.parent
-    folder.mkdir(parents=True, exist_ok=True)
-    try:
-        yield folder
-    finally:
-        for made in created:  # innermost first; a folder holding anything stays, and so do its parents
-            try:
-                made.rmdir()
-            except OSError:
-                break
 
 
 def to_cpu(obj):
@@ -290,11 +127,6 @@ def atomic_save(obj, path):
     files do. Resuming loses nothing: load_state_dict copies each value to its module's device."""
     obj = to_cpu(obj)
     atomic_write(path, lambda f: torch.save(obj, f))
-
-
-def atomic_write_text(path, text: str):
-    """A text file, atomically (see atomic_write)."""
-    atomic_write(path, lambda f: f.write(text), "w")
 
 
 RUN_FILES = {"generator": ("G.pt", "G_best.pt", "last.pt"), "checkpoint": ("last.pt",)}  # what a run folder holds

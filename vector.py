@@ -14,7 +14,8 @@ split at junctions, short spurs pruned (centerlines.py); geopackage.py writes th
 the map, sieves its classes and drives both tracers: block by block with a halo, strip after strip,
 holding only what touches the next strip (and the finished centerlines, as plain coordinates), so
 memory follows --block, the largest connected patch and the road length, not the scene's pixels. The
-result does not depend on --block. See docs/gis.md.
+result does not depend on --block. No PyTorch is imported, here or in the modules used (about
+480 MB of memory that the peak would carry for nothing). See docs/gis.md.
 """
 import contextlib
 import math
@@ -29,14 +30,13 @@ from tqdm import tqdm
 
 import bands
 import cog
-import raster
-import tiles
-from config import command_parser
 from centerlines import LineTracer
+from cli import InputError, command_parser, report, run_command
+from durable import atomic_write, replace_durably
 from geopackage import LINES, LayerFile, metres_per_unit, remove_temp, to_geojson, unsynced_sqlite
+from memory import fix_mmap_threshold
 from palette import CLASSES, HIGHWAY, PALETTE, ROAD, classify_rgb, palette_share
 from polygons import AREAS, PolygonTracer
-from utils import InputError, atomic_write, replace_durably, run_command
 
 NODATA = 255  # the class raster's value where the map has no data
 CELL = 256  # px: polygons are traced per cell of this grid, whose lines keep their vertices (see docs/gis.md)
@@ -121,7 +121,7 @@ def trace(read, height: int, width: int, settings: Settings, on_block=None, on_p
     polygons and centerlines not taken, each (class, geometry) in pixel coordinates, and the count of
     pixels of the AREAS classes."""
     from skimage.morphology import skeletonize
-    tiles.fix_mmap_threshold()  # block-sized buffers go back to the OS when freed, as in the tile engine
+    fix_mmap_threshold()  # block-sized buffers go back to the OS when freed, as in the tile engine
     block, halo = settings.block, settings.halo()
     polygons = PolygonTracer(height, width, settings.simplify)
     lines = LineTracer(height, width, settings.simplify, settings.spur)
@@ -263,22 +263,22 @@ def vectorise(path: Path, out: Path, classes: Path | None = None, fmt: str | Non
         if Path(classes).resolve() == out.resolve():
             raise InputError(f"--classes {classes}: is --out too; give the class raster a name of its own")
     from rasterio.errors import NotGeoreferencedWarning
-    with raster.rasterio_env(), warnings.catch_warnings():
+    with bands.rasterio_env(), warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)  # said below, in words
-        ds = raster.open_raster(path)
+        ds = bands.open_raster(path)
         with ds:
             reader = MapReader(ds, path)
             crs = ds.crs
             if fmt == "geojson" and crs is None:
                 raise InputError(f"{path}: has no CRS, and GeoJSON (RFC 7946) is in longitude and latitude; "
                                  f"write a GeoPackage (--out *.gpkg) instead")
-            if not raster.is_georeferenced(ds):
-                raster.report(f"note: {path} is not georeferenced: the layers are in pixel coordinates "
+            if not bands.is_georeferenced(ds):
+                report(f"note: {path} is not georeferenced: the layers are in pixel coordinates "
                               f"(x: column, y: row), without metres")
             elif crs is None:
-                raster.report(f"note: {path} has no CRS: the layers are in its grid's coordinates, without metres")
+                report(f"note: {path} has no CRS: the layers are in its grid's coordinates, without metres")
             elif metres_per_unit(crs) is None:
-                raster.report(f"note: {path} is in {crs.to_string()}, not in metres: area_m2 and length_m are empty")
+                report(f"note: {path} is in {crs.to_string()}, not in metres: area_m2 and length_m are empty")
             return write_layers(reader, path, out, None if classes is None else Path(classes), fmt, crs, settings,
                                 progress)
 
@@ -345,9 +345,9 @@ def preview(path: Path, layers: Path, out: Path, size: int = 768):
     from matplotlib.patches import PathPatch
     from matplotlib.path import Path as MplPath
     from rasterio.errors import NotGeoreferencedWarning
-    with raster.rasterio_env(), warnings.catch_warnings():
+    with bands.rasterio_env(), warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with raster.open_raster(path) as ds:
+        with bands.open_raster(path) as ds:
             f = max(ds.width, ds.height) / max(size, 1)
             rgb = ds.read(bands.pick_bands(ds, None, path), out_shape=(3, max(1, round(ds.height / f)),
                                                                          max(1, round(ds.width / f))))

@@ -23,9 +23,10 @@ import torch
 import backends
 import int8
 import raster
+from durable import atomic_write_text, replace_durably
+from cli import InputError
 from generator import weights_path
 from tiles import Engine
-from utils import InputError, atomic_write_text, replace_durably
 
 MAX_BYTES = 60_000_000  # the most a page should make a visitor download (float32 full size: 218 MB)
 TILE, OVERLAP = 256, 64  # what the page tiles with: tiles.py's (predict.py's) defaults

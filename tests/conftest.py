@@ -177,10 +177,10 @@ def train(*args):
 
 
 def run_main(main, *args):
-    """A command's main(argv) in this process, as `python COMMAND.py ARGS` runs it (utils.run_command),
+    """A command's main(argv) in this process, as `python COMMAND.py ARGS` runs it (cli.run_command),
     where a fresh interpreter proves nothing more: its exit status and what it wrote to stderr, as
     subprocess.run gives them."""
-    from utils import run_command
+    from cli import run_command
     said = io.StringIO()
     with contextlib.redirect_stderr(said):
         try:

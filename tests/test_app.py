@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cli import Cancelled
 from conftest import ROOT, SHARED_SAMPLE, free_port, launch_chromium, make_geotiff, map_picture, tiny_generator
 
 gr = pytest.importorskip("gradio", reason="the app needs gradio (pip install -r requirements.txt)")
@@ -24,7 +25,6 @@ from gradio_client.utils import QueueError  # noqa: E402
 
 import app  # noqa: E402
 import predict  # noqa: E402
-from utils import Cancelled  # noqa: E402
 
 MAX_MEGAPIXELS = 20  # the server's bound on a request's work in these tests
 MAX_UPLOAD_MB = 1

@@ -14,10 +14,10 @@ import export
 import plots
 import predict
 import train as train_mod
+from cli import InputError, run_command
 from config import parse_config
 from conftest import ROOT, make_ab, make_dataset, run_main
 from generator import Generator, init_weights
-from utils import InputError, run_command
 
 MAINS = {
     "train": lambda argv: train_mod.main(parse_config(argv)),

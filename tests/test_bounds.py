@@ -14,9 +14,9 @@ import bounds  # noqa: E402
 import dataset  # noqa: E402
 import predict  # noqa: E402
 import tiles  # noqa: E402
+from cli import Cancelled, InputError, run_command  # noqa: E402
 from conftest import make_geotiff  # noqa: E402
 from generator import Generator, init_weights  # noqa: E402
-from utils import Cancelled, InputError, run_command  # noqa: E402
 
 
 def options(*flags):

@@ -17,12 +17,13 @@ import evaluate
 import export
 import generator
 import predict
+import durable
 import train as train_mod
 import utils
+from cli import InputError
 from config import parse_config
 from conftest import ROOT, make_ab, make_dataset, train
 from generator import Generator, init_weights
-from utils import InputError
 
 COMMANDS = {"predict": predict.main, "evaluate": evaluate.main, "export": export.main,
             "train": lambda argv: parse_config(argv)}
@@ -99,7 +100,7 @@ def test_a_folder_that_cannot_be_synced_still_gets_the_file(tmp_path, monkeypatc
         fsync(fd)
 
     monkeypatch.setattr(utils.os, "fsync", refuse_folders)
-    utils.atomic_write_text(tmp_path / "config.json", "{}")
+    durable.atomic_write_text(tmp_path / "config.json", "{}")
     assert (tmp_path / "config.json").read_text() == "{}" and os.listdir(tmp_path) == ["config.json"]
 
 
@@ -108,7 +109,7 @@ def test_atomic_writes_honour_the_umask(tmp_path, umask):
     old = os.umask(umask)
     try:
         utils.atomic_save({"x": torch.zeros(1)}, tmp_path / "last.pt")
-        utils.atomic_write_text(tmp_path / "config.json", "{}")
+        durable.atomic_write_text(tmp_path / "config.json", "{}")
         (tmp_path / "plain").write_text("")
     finally:
         os.umask(old)

@@ -10,9 +10,9 @@ import torch
 
 import download
 import generator
+from cli import InputError
 from generator import Generator, init_weights, load_generator
 from test_data import Server
-from utils import InputError
 
 
 def weights_bytes(ngf=8) -> bytes:

@@ -5,9 +5,9 @@ import sys
 import pytest
 import torch
 
+from cli import InputError
 from config import parse_config
 from conftest import ROOT, make_ab, make_dataset, train
-from utils import InputError
 
 
 def error_of(*args) -> str:

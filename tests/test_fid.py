@@ -10,9 +10,9 @@ import torch
 
 import evaluate
 import fid
+from cli import InputError
 from conftest import ROOT, make_dataset
 from generator import Generator, init_weights
-from utils import InputError
 
 
 def test_frechet_distance_matches_closed_forms():

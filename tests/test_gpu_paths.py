@@ -16,11 +16,12 @@ import bench
 import cache
 import dataset
 import train as train_mod
+from cli import InputError
 from config import Config
 from conftest import make_dataset, train
 from discriminator import Discriminator
 from generator import init_weights
-from utils import InputError, amp_dtype, atomic_save, init_distributed, set_determinism, to_cpu
+from utils import amp_dtype, atomic_save, init_distributed, set_determinism, to_cpu
 
 
 def tensors(obj):

@@ -8,11 +8,11 @@ import torch.nn as nn
 
 import dataset
 import generator
+from cli import InputError
 from conftest import assert_same, make_ab, make_dataset, train
 from discriminator import define_D
 from generator import define_G, init_weights, load_generator
 from losses import gradient_penalty, make_scheduler
-from utils import InputError
 
 STATE = ("G", "D", "opt_G", "opt_D", "sched_G", "sched_D", "rng", "step")
 

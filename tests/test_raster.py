@@ -253,7 +253,7 @@ def test_windowed_equals_whole_image(tmp_path, weights):
         assert r.returncode == 0, r.stderr
         with rasterio.open(tmp_path / "out" / "rgb.tif") as out:
             windowed = out.read().astype(int)
-        whole = tiles.to_uint8(tiles.translate(G, x, paper=not mode, seed=3)[0]).astype(int)
+        whole = cog.to_uint8(tiles.translate(G, x, paper=not mode, seed=3)[0]).astype(int)
         diff = np.abs(windowed - whole)
         if mode:  # batches differ between block layouts: float rounding only
             assert diff.max() <= 1 and (diff > 0).mean() < 1e-3

@@ -14,10 +14,10 @@ import pytest
 import torch
 import torch.nn as nn
 
+from cli import InputError
 from config import parse_config
 from conftest import ROOT, TINY, make_ab, make_dataset, train
 from generator import Generator, inference, init_weights
-from utils import InputError
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -10,10 +10,10 @@ rasterio = pytest.importorskip("rasterio")
 
 import predict  # noqa: E402
 import raster  # noqa: E402
+from cli import Cancelled, InputError  # noqa: E402
 from conftest import make_geotiff, map_picture  # noqa: E402
 from generator import Generator, init_weights  # noqa: E402
 from test_raster import write_tif  # noqa: E402
-from utils import Cancelled, InputError  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+import cog
 import dataset
 import evaluate
 import export
@@ -18,10 +19,10 @@ import raster
 import rundir
 import tiles
 import train as train_mod
+from cli import InputError
 from config import Config, parse_config
 from conftest import assert_same, make_ab, make_dataset, train
 from generator import load_generator
-from utils import InputError
 
 rasterio = pytest.importorskip("rasterio")
 from rasterio.transform import from_origin  # noqa: E402
@@ -406,7 +407,7 @@ def test_single_band_geotiff_in_gives_single_band_geotiff_out_on_the_same_grid(g
         assert (out.count, out.shape, out.crs, out.transform) == (1, src.shape, src.crs, src.transform)
         got = out.read(1)
     x = torch.from_numpy(data).float()[None, None] / 127.5 - 1
-    assert np.array_equal(got, tiles.to_uint8(tiles.translate(G, x, seed=3)[0])[0])  # paper mode: exact
+    assert np.array_equal(got, cog.to_uint8(tiles.translate(G, x, seed=3)[0])[0])  # paper mode: exact
     with rasterio.open(tmp_path / "out" / "sar.tif") as out:
         mask = out.read_masks(1)
     assert out.count == 1 and not mask[:40, :50].any() and mask[40:].all()

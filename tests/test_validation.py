@@ -10,10 +10,10 @@ from PIL import Image
 
 import evaluate
 import train as train_mod
+from cli import InputError
 from config import METRIC_GOALS, parse_config
 from conftest import assert_same, train
 from generator import load_generator
-from utils import InputError
 
 STATE = ("G", "D", "opt_G", "opt_D", "sched_G", "sched_D", "scaler", "rng", "step", "epoch")
 

@@ -24,8 +24,8 @@ import export
 import int8
 import predict
 import web_export
+from cli import InputError
 from conftest import ROOT, SHARED_SAMPLE, launch_chromium, tiny_generator
-from utils import InputError
 
 sys.path.insert(0, str(ROOT / "web"))
 import serve  # noqa: E402  (web/serve.py)

@@ -50,7 +50,7 @@ def server(host="127.0.0.1", port=0, models=None, isolate=True, quiet=False) -> 
 
 
 def main(argv=None):
-    from config import command_parser
+    from cli import command_parser
     p = command_parser("Serve web/ on this machine, cross-origin isolated (WASM threads).")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
     p.add_argument("--port", type=int, default=8000, help="port to listen on")
@@ -74,5 +74,5 @@ def main(argv=None):
 
 if __name__ == "__main__":
     sys.path.insert(0, str(HERE.parent))
-    from utils import run_command
+    from cli import run_command
     sys.exit(run_command(main))
