@@ -49,6 +49,7 @@ from cli import command_parser, run_command
 from config import Config, add_device
 from discriminator import Discriminator
 from generator import Generator, init_weights, load_generator
+from memory import keep_freed_buffers
 from tiles import run_tiles
 from train import gan_step, to_pair, training_layout
 from utils import amp_dtype, pick_device, set_determinism
@@ -103,6 +104,8 @@ def make_pairs(folder: Path, n: int, size=(1200, 600), quality=90) -> list:
 
 
 def train_setup(device, fast: bool, compile_mode: str, cfg: Config, ngf=64):
+    if fast and device.type == "cpu":
+        keep_freed_buffers()  # as train.py; for the rest of the process: every later row runs with it
     torch.manual_seed(0)
     G, D = init_weights(Generator(3, 3, ngf)).to(device), init_weights(Discriminator(6, ngf)).to(device)
     fmt = training_layout(cfg.channels_last, device)[0] if fast else torch.contiguous_format

@@ -36,6 +36,7 @@ from config import METRIC_GOALS, Config, parse_config
 from discriminator import define_D
 from generator import define_G, inference, init_weights, size_multiple
 from losses import gan_loss, gradient_penalty, make_scheduler
+from memory import keep_freed_buffers
 from rundir import RunDir
 from utils import (all_agree, amp_dtype, as_rgb, broadcast_buffers, end_distributed, gather_objects, init_distributed,
                    local_rank, pick_device, rng_state, seed_everything, set_determinism)
@@ -376,6 +377,8 @@ def fit(cfg: Config, stop: StopFlag):
     rank, world = init_distributed(cfg.device)
     is_main = rank == 0
     device = pick_device(cfg.device)
+    if device.type == "cpu":
+        keep_freed_buffers()  # the step's big tensors come back every step: fresh pages cost 4-13% of it
     run = RunDir(cfg, is_main)  # writes nothing yet: a refused start leaves the folder as it was
     resume = rundir.find_resume(cfg)
     ckpt = rundir.load_checkpoint(resume, cfg) if resume is not None else None  # refused before the data
