@@ -1,9 +1,9 @@
-"""The host memory a process holds: how much is available, its peak, and how glibc hands big buffers
-back.
+"""The host memory a process holds: how much is available, its peak, and whether glibc hands big
+freed buffers back to the OS or keeps them for reuse.
 
-Used where memory is bounded by design: the data cache's choice (cache.py), the tile engine (tiles.py)
-and the block-wise vectoriser (vector.py); peak_rss_mb by the benchmarks that measure them. No torch
-here.
+Handing back where memory is bounded by design: the tile engine (tiles.py) and the block-wise
+vectoriser (vector.py); keeping in training (train.py), whose footprint is the same every step.
+available_ram sizes the data cache (cache.py); peak_rss_mb is for the benchmarks. No torch here.
 """
 import ctypes
 import os
