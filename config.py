@@ -3,9 +3,9 @@
     python train.py --help
 
 Each field is a `--kebab-case` flag of train.py; unknown flags are errors. The resolved config is
-printed at start and saved as RUN_DIR/config.json. `Parser` is every command's command line: it also
-takes each flag spelt with underscores (--load_size is --load-size), and official.py adds the official
-pix2pix spellings.
+printed at start and saved as RUN_DIR/config.json. cli.py's `Parser` is every command's command line:
+it also takes each flag spelt with underscores (--load_size is --load-size), and official.py adds the
+official pix2pix spellings.
 """
 import argparse
 import dataclasses
