@@ -1,8 +1,9 @@
 """The host memory a process holds: how much is available, its peak, and whether glibc hands big
 freed buffers back to the OS or keeps them for reuse.
 
-Handing back where memory is bounded by design: the tile engine (tiles.py) and the block-wise
-vectoriser (vector.py); keeping in training (train.py), whose footprint is the same every step.
+Handing back where several threads allocate: the tile engine's overlapped stages or a server's
+requests (tiles.py), and the block-wise vectoriser (vector.py). Keeping where one thread allocates
+the same buffers again and again: training (train.py), and the tile engine alone in the main thread.
 available_ram sizes the data cache (cache.py); peak_rss_mb is for the benchmarks. No torch here.
 """
 import ctypes
@@ -27,13 +28,14 @@ def fix_mmap_threshold():
 
 
 def keep_freed_buffers():
-    """The opposite, for a process that allocates the same big buffers again and again: a training
+    """The opposite, for one thread that allocates the same big buffers again and again: a training
     step frees and reallocates its activations, gradients and the bf16 copies of the weights every
-    step. By default glibc maps every buffer over 32 MB (the largest U-Net weights in float32) afresh
-    and trims the heap's free top, and each fresh page faults at its first touch: casting the largest
-    weight from bf16 to float32 took 10.2 ms into fresh memory and 2.9 ms with this. Here glibc keeps
-    what is freed for the next allocation; the footprint is the same every step, so it does not
-    grow. No-op where the C library has no mallopt (not glibc)."""
+    step, the tile engine its batches' activations every batch. By default glibc maps every buffer
+    over 32 MB (the largest U-Net weights in float32) afresh and trims the heap's free top, and the
+    fixed 256 KB threshold above maps every buffer; each fresh page faults at its first touch: casting
+    the largest weight from bf16 to float32 took 10.2 ms into fresh memory and 2.9 ms with this. Here
+    glibc keeps what is freed for the next allocation; the footprint is the same every step, so it
+    does not grow. No-op where the C library has no mallopt (not glibc)."""
     mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
     if mallopt is not None:
         mallopt(M_MMAP_THRESHOLD, 1 << 30)

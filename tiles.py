@@ -32,7 +32,7 @@ from backends import as_net
 from cog import to_uint8
 from cli import Cancelled
 from generator import channels, tta
-from memory import fix_mmap_threshold
+from memory import fix_mmap_threshold, keep_freed_buffers
 
 SHOW_TILES = 32  # a per-file tile progress bar appears from this many tiles on
 
@@ -212,7 +212,6 @@ class Engine:
         None to go on, else the reason to stop, raised as Cancelled (the sink is then left
         unfinished, for its owner to discard)."""
         began = time.perf_counter()
-        fix_mmap_threshold()
         G = as_net(G)
         H, W = source.height, source.width
         ys, blocks, cols = self.plan(H, W)
@@ -230,8 +229,15 @@ class Engine:
         rows_in = self._read(source, ys, blocks, cols, first, stop, device, stats, cancel)
         writer = Writer(self, sink, ys, blocks, cols, H, write_from, device, stats, bar, report, total,
                         channels(G)[1])
+        overlapped = self.pipeline if self.pipeline is not None else overlap_pays(device)
+        # Threads that allocate row buffers (the stages overlapped, or a server's request threads, one
+        # malloc arena each) must hand big buffers back, or the arenas fragment and the peak creeps up
+        # with the rows. The main thread alone reuses what it frees instead: a fresh buffer faults on
+        # every page, which cost a CPU's network a third of its time.
+        alone = not overlapped and threading.current_thread() is threading.main_thread()
+        (keep_freed_buffers if alone else fix_mmap_threshold)()
         with G.inference(self.paper, self.seed):
-            if self.pipeline if self.pipeline is not None else overlap_pays(device):
+            if overlapped:
                 self._overlapped(G, rows_in, writer, device, stats, cancel)
             else:
                 for row in rows_in:

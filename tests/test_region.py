@@ -1,5 +1,6 @@
 """A region: the tile engine's overlapped stages, bands translated apart, and predict.py under torchrun
 (2 CPU processes, gloo) giving the one-process output."""
+import ctypes
 import os
 import subprocess
 import sys
@@ -128,6 +129,44 @@ def test_the_stages_overlap_where_a_core_is_free(monkeypatch):
         sink = ThreadSink(300, 300)
         tiles.Engine(paper=False).run(generator(), tiles.TensorSource(x), sink)
         assert sink.thread == thread
+
+
+class Mallinfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")]
+
+
+def test_the_engine_keeps_freed_buffers_alone_and_hands_them_back_in_threads():
+    """Alone in the main thread, the engine has glibc keep what it frees (a 4 MB buffer then comes
+    from the heap, with no fresh pages); run from another thread (the app's requests) or with its
+    stages overlapped, it has every big buffer mapped on its own and handed back when freed."""
+    mallinfo2 = getattr(ctypes.CDLL(None), "mallinfo2", None)
+    if mallinfo2 is None:
+        pytest.skip("needs glibc 2.33 or later (mallinfo2)")
+    mallinfo2.restype = Mallinfo2
+
+    def mapped_bytes_of_a_4mb_buffer() -> int:
+        before = mallinfo2().hblkhd  # bytes in buffers mapped on their own
+        buf = np.ones(4 << 20, np.uint8)
+        grown = mallinfo2().hblkhd - before
+        del buf
+        return grown
+
+    G, x = generator(), torch.rand(3, 300, 300) * 2 - 1
+
+    def translate(pipeline: bool):
+        run(tiles.Engine(paper=False, pipeline=pipeline), G, tiles.TensorSource(x))
+
+    for pipeline, thread, mapped in ((False, "main", False), (True, "main", True), (False, "other", True),
+                                     (False, "main", False)):
+        if thread == "main":
+            translate(pipeline)
+        else:
+            t = threading.Thread(target=translate, args=(pipeline,))
+            t.start()
+            t.join()
+        assert (mapped_bytes_of_a_4mb_buffer() >= 4 << 20) == mapped, (pipeline, thread)
 
 
 def test_the_mask_stays_on_the_host_when_the_image_is_on_a_device():
