@@ -19,12 +19,8 @@ def fix_mmap_threshold():
     output window) from its own mapping, handed back to the OS when freed. By default glibc raises
     that threshold each time such a buffer is freed; later row buffers then come from the heaps of
     the threads that allocate them (reader, network, writer: one arena each), which keep what is
-    freed and fragment, so peak memory crept up with the number of rows run, i.e. with the scene.
-    No-op where the C library has no mallopt (not glibc)."""
-    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
-    if mallopt is not None:
-        mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)  # setting it also stops glibc's own adjustment
-        mallopt(M_TRIM_THRESHOLD, 2 * MMAP_THRESHOLD)  # paired as glibc pairs them (after keep_freed_buffers)
+    freed and fragment, so peak memory crept up with the number of rows run, i.e. with the scene."""
+    set_malloc(MMAP_THRESHOLD, 2 * MMAP_THRESHOLD)  # trim paired as glibc's own adjustment pairs them
 
 
 def keep_freed_buffers():
@@ -35,11 +31,19 @@ def keep_freed_buffers():
     fixed 256 KB threshold above maps every buffer; each fresh page faults at its first touch: casting
     the largest weight from bf16 to float32 took 10.2 ms into fresh memory and 2.9 ms with this. Here
     glibc keeps what is freed for the next allocation; the footprint is the same every step, so it
-    does not grow. No-op where the C library has no mallopt (not glibc)."""
+    does not grow."""
+    set_malloc(1 << 30, (1 << 31) - 1)
+
+
+def set_malloc(mmap_threshold: int, trim_threshold: int):
+    """glibc's mmap threshold (buffers this big or bigger get a mapping of their own, unmapped when
+    freed; setting it also stops glibc's own adjustment of it) and trim threshold (free memory at the
+    heap's top beyond this goes back to the OS), process-wide. No-op where the C library has no mallopt
+    (not glibc)."""
     mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
     if mallopt is not None:
-        mallopt(M_MMAP_THRESHOLD, 1 << 30)
-        mallopt(M_TRIM_THRESHOLD, (1 << 31) - 1)
+        mallopt(M_MMAP_THRESHOLD, mmap_threshold)
+        mallopt(M_TRIM_THRESHOLD, trim_threshold)
 
 
 def available_ram() -> int:
