@@ -28,8 +28,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from durable import ordinary_mode, replace_durably
 from cli import InputError
+from durable import ordinary_mode, replace_durably
 from generator import channels, inference, load_generator, weights_path
 from utils import amp_dtype
 

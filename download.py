@@ -19,8 +19,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from durable import replace_durably
 from cli import InputError
+from durable import replace_durably
 
 
 class DownloadError(InputError):

@@ -23,8 +23,8 @@ import torch
 
 import backends
 import raster
-from durable import ordinary_mode, replace_durably
 from cli import InputError
+from durable import ordinary_mode, replace_durably
 from tiles import Engine, fill_invalid, pad_reflect, tile_starts
 
 CALIBRATION_TILES = 16  # tiles calibrated on (and the cost measured on) unless given others

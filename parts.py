@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 import cog
-from cli import InputError
 from bands import open_raster, rasterio_env
+from cli import InputError
 from raster import Options, finish, is_picture, part_path, plan_raster, working_size
 
 

@@ -29,8 +29,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from backends import as_net
-from cog import to_uint8
 from cli import Cancelled
+from cog import to_uint8
 from generator import channels, tta
 from memory import fix_mmap_threshold, keep_freed_buffers
 

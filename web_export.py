@@ -23,8 +23,8 @@ import torch
 import backends
 import int8
 import raster
-from durable import atomic_write_text, replace_durably
 from cli import InputError
+from durable import atomic_write_text, replace_durably
 from generator import weights_path
 from tiles import Engine
 
