@@ -10,7 +10,8 @@ Reference: eager float32, contiguous memory, the PIL data path (decode + resize 
 PyTorch's default Adam, no compile. Ours: the train.py defaults for training (cached uint8 pairs
 jittered on the device, --channels-last auto (channels-last on a GPU, contiguous on a CPU), the --amp
 auto autocast (utils.amp_dtype: bf16 where the device runs it fast, fp16 with a GradScaler on GPUs
-before compute capability 8), fused Adam) and, for
+before compute capability 8), fused Adam, in bf16 on a CPU the U-Net's small convolutions as matrix
+products (smallconv.py; a row times them on oneDNN instead)) and, for
 inference, what predict.py --eval runs with --backend (default auto: the path its probe found fastest
 on this machine; on a GPU, the weights in the --amp auto dtype, channels-last), plus --compile (torch).
 On a CPU every inference path is a row of its own, timed as the tile engine runs it (tiles.run_tiles):
@@ -44,6 +45,7 @@ import cache
 import dataset
 import int8
 import probe
+import smallconv
 from backends import PRECISIONS, Choice
 from cli import command_parser, run_command
 from config import Config, add_device
@@ -256,6 +258,10 @@ def main_speed(args):
         other = "on" if training_layout("auto", device)[0] == torch.contiguous_format else "off"
         other_t = bench_train(pairs, device, True, args.compile, warmup, min_time,
                               Config(data_cache="memory", compile=args.compile, channels_last=other))
+        onednn_t = None
+        if device.type == "cpu" and our_t[3] == torch.bfloat16:  # where smallconv's matmul route runs
+            with smallconv.route("onednn"):
+                onednn_t = bench_train(pairs, device, True, args.compile, warmup, min_time, cfg)
         mapped_data = bench_train(pairs, device, True, "off", 1, min_time / 4, cfg, Path(tmp) / "cache", ngf=8)[4]
     ref_i = bench_infer(device, False, "off", batch, 2, min_time)
     our_i, paths, choice = ours_infer(device, hw, args, batch, warmup, min_time, ref_i[2])
@@ -263,6 +269,8 @@ def main_speed(args):
     rows = [("reference train", 1, ref_t, "float32", ref_t),
             (f"train channels-last {other}", 1, other_t, train_precision, ref_t),
             ("ours train", 1, our_t, train_precision, ref_t), ("reference infer", batch, ref_i, "float32", ref_i)]
+    if onednn_t is not None:
+        rows.insert(2, ("train small convolutions on oneDNN", 1, onednn_t, train_precision, ref_t))
     rows += [(f"infer {label}", batch, (median, iqr, ref_i[2]), precision, ref_i)
              for label, (median, iqr, precision) in paths.items()]
     rows += [("ours infer", batch, our_i, our_i[3], ref_i)]
@@ -293,6 +301,8 @@ def main_speed(args):
            "data_img_per_s": 1 / our_t[4], "mapped_data_img_per_s": 1 / mapped_data,
            "ref_data_img_per_s": 1 / ref_t[4], "peak_tflops": peaks, "peak_share": shares,
            "infer_backend": choice.as_dict(), "infer_paths_img_per_s": {k: batch / v[0] for k, v in paths.items()}}
+    if onednn_t is not None:
+        fig["train_small_conv_onednn_img_per_s"] = 1 / onednn_t[0]
     if hw is not None:
         fig.update(hardware=hw.describe(), hardware_class="bf16" if hw.bf16 else "no bf16")
     if "onnxruntime int8" in paths:
