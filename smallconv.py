@@ -39,8 +39,8 @@ def route(name: str):
 
 
 def pays(x: torch.Tensor, positions: int) -> bool:
-    """Whether to take the matmul route: on a CPU, bf16 over few positions. In float32 it was as
-    often slower as faster (the table), so float32 keeps oneDNN."""
+    """Whether to take the matmul route: on a CPU, bf16 over few positions. float32 keeps oneDNN: there
+    the matmul was not reliably faster (docs/performance.md)."""
     if x.device.type != "cpu" or torch.compiler.is_compiling():
         return False
     if _route != "auto":
@@ -67,8 +67,8 @@ class Conv2d(nn.Conv2d):
 
 
 class ConvTranspose2d(nn.ConvTranspose2d):
-    """nn.ConvTranspose2d; over few positions on a CPU, one matmul -> fold. The fold adds each output's
-    overlapping taps in float32, so the result is rounded once more than oneDNN's, not more coarsely."""
+    """nn.ConvTranspose2d; over few positions on a CPU, one matmul -> fold. The matmul rounds each tap's
+    sum to the input's dtype; the fold adds an output's overlapping taps in float32 and rounds once more."""
 
     def forward(self, x, output_size=None):
         n, c_in, h, w = x.shape
