@@ -17,19 +17,28 @@ import torch
 import smallconv
 from bench import measure
 from cli import command_parser, parse_list, run_command
-from generator import NUM_DOWNS
+from generator import Generator
 
 PRECISIONS = ("bf16", "float32")
 
 
 def unet_layers(ngf: int) -> list:
-    """(kind, C_in, C_out, input side) of the U-Net-256's convolutions, all but the three on the
-    largest maps (the first and the last two), which are far over any bound in question."""
-    w = [ngf, ngf * 2, ngf * 4] + [ngf * 8] * (NUM_DOWNS - 3)
-    downs = [("down", w[i - 1], w[i], 256 >> i) for i in range(1, NUM_DOWNS)]
-    ups = [("up", w[-1] if i == NUM_DOWNS - 1 else 2 * w[i], w[i - 1], 256 >> (i + 1))
-           for i in range(NUM_DOWNS - 1, 1, -1)]
-    return downs + ups
+    """(kind, C_in, C_out, input side) of each convolution smallconv may route (the Down and Up blocks'),
+    as a 256x256 forward meets them; the first and the last, on the largest maps, are far over any
+    bound in question and left out."""
+    seen = []
+
+    def record(m, args):
+        seen.append(("down" if isinstance(m, smallconv.Conv2d) else "up", m.in_channels, m.out_channels,
+                     args[0].shape[-1]))
+
+    G = Generator(ngf=ngf)
+    for m in G.modules():
+        if isinstance(m, (smallconv.Conv2d, smallconv.ConvTranspose2d)):
+            m.register_forward_pre_hook(record)
+    with torch.no_grad():
+        G(torch.zeros(1, G.in_channels, 256, 256))
+    return seen[1:-1]
 
 
 def time_layer(kind, c_in, c_out, side, batch, precision, min_time) -> dict:
